@@ -1,0 +1,28 @@
+//! The `Runtime` trait every backend implements, and its error type.
+
+use crate::{Signature, Tensor, TensorError};
+
+/// A loaded model instance. Calls block; each instance is owned by one worker
+/// thread, so `run` may take `&mut self` and never runs on an async reactor.
+pub trait Runtime: Send {
+    fn signature(&self) -> &Signature;
+
+    /// Runs the model. `inputs` match the signature (names, types, shapes);
+    /// the result holds every output of the signature, in its order.
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The model file or library could not be loaded.
+    #[error("{0}")]
+    Load(String),
+    /// The inputs were rejected by the runtime (bad values it alone can see).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The runtime failed while running the model.
+    #[error("{0}")]
+    Execution(String),
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+}
