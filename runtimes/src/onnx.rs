@@ -109,13 +109,18 @@ impl OnnxRuntime {
         let env = init(None)?;
         let load_err =
             |err: &dyn std::fmt::Display| RuntimeError::Load(format!("{}: {err}", path.display()));
+        // Each step returns the builder inside its error; keep only the message.
         let mut builder = Session::builder(env)
             .map_err(|e| load_err(&e))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .and_then(|b| b.with_intra_threads(options.intra_op_threads))
-            .and_then(|b| b.with_inter_threads(options.inter_op_threads))
-            .and_then(|b| b.with_intra_op_spinning(options.spinning))
-            .and_then(|b| b.with_inter_op_spinning(options.spinning))
+            .map_err(|e| load_err(&e))?
+            .with_intra_threads(options.intra_op_threads)
+            .map_err(|e| load_err(&e))?
+            .with_inter_threads(options.inter_op_threads)
+            .map_err(|e| load_err(&e))?
+            .with_intra_op_spinning(options.spinning)
+            .map_err(|e| load_err(&e))?
+            .with_inter_op_spinning(options.spinning)
             .map_err(|e| load_err(&e))?;
         let session = builder.commit_from_file(path).map_err(|e| load_err(&e))?;
         let signature = Signature {

@@ -100,11 +100,11 @@ impl Tensor {
                         actual: data.len(),
                     });
                 }
-                if datatype == DataType::Bool {
-                    if let Some(index) = data.iter().position(|&b| b > 1) {
-                        let value = data[index];
-                        return Err(TensorError::InvalidBool { name, index, value });
-                    }
+                if datatype == DataType::Bool
+                    && let Some(index) = data.iter().position(|&b| b > 1)
+                {
+                    let value = data[index];
+                    return Err(TensorError::InvalidBool { name, index, value });
                 }
             }
             None => {

@@ -1,1 +1,134 @@
-fn main() {}
+//! The `switchyard` binary: parse flags, validate, load models, bind, serve.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchyard::config::{Config, LogFormat};
+use switchyard::metrics::Metrics;
+use switchyard::repository::Repository;
+use switchyard::state::{AppState, Settings};
+use switchyard::{Listeners, ServeOptions, serve};
+use tokio::net::TcpListener;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(config: &Config) -> Result<(), String> {
+    let filter =
+        EnvFilter::try_new(&config.log).map_err(|err| format!("--log {:?}: {err}", config.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!("Shutdown signal received.");
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    config.validate()?;
+    switchyard_runtimes::onnx::init(config.onnxruntime_library.as_deref())
+        .map_err(|err| err.to_string())?;
+    let repository = Repository::open(&config.model_repository, config.model_defaults())?;
+    let metrics = Metrics::new().map_err(|err| format!("setting up metrics: {err}"))?;
+    let state = AppState::new(
+        repository,
+        metrics,
+        Settings {
+            model_control: config.enable_model_control,
+            strict_readiness: config.strict_readiness,
+            max_request_bytes: config.max_request_bytes,
+        },
+    );
+    let failures = state.load_all().await.map_err(|err| err.to_string())?;
+    if !failures.is_empty() {
+        let summary: Vec<String> = failures
+            .iter()
+            .map(|(model, reason)| format!("{model}: {reason}"))
+            .collect();
+        if config.exit_on_error {
+            return Err(format!(
+                "models failed to load (pass --exit-on-error=false to serve the rest): {}",
+                summary.join("; ")
+            ));
+        }
+        error!(failures = %summary.join("; "), "Some models failed to load; serving the rest.");
+    }
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|err| format!("binding {addr}: {err}"))
+    };
+    let listeners = Listeners {
+        http: bind(config.http_addr).await?,
+        grpc: bind(config.grpc_addr).await?,
+        metrics: bind(config.metrics_addr).await?,
+    };
+    let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    info!(
+        http = %local(&listeners.http),
+        grpc = %local(&listeners.grpc),
+        metrics = %local(&listeners.metrics),
+        models = state.catalog().models.len(),
+        "Listening."
+    );
+    serve(
+        state,
+        listeners,
+        ServeOptions {
+            grpc_max_message_bytes: config.grpc_max_message_bytes,
+            drain_delay: config.drain_delay,
+            drain_timeout: config.drain_timeout,
+        },
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|err| err.to_string())
+}
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Err(err) = init_logging(&config) {
+        eprintln!("switchyard: {err}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("switchyard: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!(error = %err, "Exiting.");
+            eprintln!("switchyard: {err}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The catalog: which model versions are served right now. It is swapped as
+//! one snapshot (`ArcSwap`); each request loads the snapshot once and keeps it,
+//! so it sees the old catalog or the new one, never a mix.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::error::ApiError;
+use crate::model::ModelVersion;
+
+/// One model's loaded versions and what failed.
+#[derive(Debug, Clone, Default)]
+pub struct ModelEntry {
+    pub versions: BTreeMap<u64, Arc<ModelVersion>>,
+    /// Versions that failed to load, with the reason.
+    pub failed: BTreeMap<u64, String>,
+    /// Why the model as a whole could not load (bad config, no versions).
+    pub error: Option<String>,
+}
+
+impl ModelEntry {
+    pub fn failed(reason: String) -> Self {
+        ModelEntry {
+            error: Some(reason),
+            ..ModelEntry::default()
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        !self.versions.is_empty()
+    }
+
+    /// Why the model cannot serve, for error messages.
+    pub fn unavailable_reason(&self) -> String {
+        self.error
+            .clone()
+            .or_else(|| self.failed.values().next_back().cloned())
+            .unwrap_or_else(|| "no version is loaded".to_owned())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub models: BTreeMap<String, ModelEntry>,
+}
+
+/// A row of the repository index.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IndexRow {
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl Catalog {
+    /// Finds the version a request names, or the highest loaded one.
+    pub fn lookup(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<ModelVersion>, ApiError> {
+        let entry = self.models.get(model).ok_or_else(|| {
+            let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
+            ApiError::not_found(format!(
+                "unknown model `{model}`; available models: {known:?}"
+            ))
+        })?;
+        match version.filter(|v| !v.is_empty()) {
+            None => entry.versions.values().next_back().cloned().ok_or_else(|| {
+                ApiError::unavailable(format!(
+                    "model `{model}` is not ready: {}",
+                    entry.unavailable_reason()
+                ))
+            }),
+            Some(text) => {
+                let number: u64 = text.parse().map_err(|_| {
+                    ApiError::not_found(format!(
+                        "model `{model}` has no version `{text}`: versions are positive integers"
+                    ))
+                })?;
+                if let Some(found) = entry.versions.get(&number) {
+                    return Ok(found.clone());
+                }
+                if let Some(reason) = entry.failed.get(&number) {
+                    return Err(ApiError::unavailable(format!(
+                        "model `{model}` version {number} is not ready: {reason}"
+                    )));
+                }
+                let loaded: Vec<&u64> = entry.versions.keys().collect();
+                Err(ApiError::not_found(format!(
+                    "model `{model}` has no version {number}; loaded versions: {loaded:?}"
+                )))
+            }
+        }
+    }
+
+    /// Whether every model has at least one version serving.
+    pub fn all_ready(&self) -> bool {
+        self.models.values().all(ModelEntry::is_ready)
+    }
+
+    /// Index rows for loaded models, plus `unloaded` names from the repository.
+    pub fn index(&self, repository_models: &[String], ready_only: bool) -> Vec<IndexRow> {
+        let mut rows = Vec::new();
+        for (name, entry) in &self.models {
+            for version in entry.versions.keys() {
+                rows.push(IndexRow {
+                    name: name.clone(),
+                    version: version.to_string(),
+                    state: "READY",
+                    reason: String::new(),
+                });
+            }
+            for (version, reason) in &entry.failed {
+                rows.push(IndexRow {
+                    name: name.clone(),
+                    version: version.to_string(),
+                    state: "UNAVAILABLE",
+                    reason: reason.clone(),
+                });
+            }
+            if let Some(reason) = &entry.error {
+                rows.push(IndexRow {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: "UNAVAILABLE",
+                    reason: reason.clone(),
+                });
+            }
+        }
+        for name in repository_models {
+            if !self.models.contains_key(name) {
+                rows.push(IndexRow {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: "UNAVAILABLE",
+                    reason: "unloaded".to_owned(),
+                });
+            }
+        }
+        if ready_only {
+            rows.retain(|row| row.state == "READY");
+        }
+        rows.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        rows
+    }
+}

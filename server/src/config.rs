@@ -1,0 +1,137 @@
+//! Command-line flags (each also a `SWITCHYARD_*` environment variable): how
+//! the process runs. What it serves lives in the model repository.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use switchyard_runtimes::onnx::OnnxOptions;
+
+use crate::model_config::ConfigDefaults;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Switchyard: a KServe v2 model-serving gateway.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchyard", version, about)]
+pub struct Config {
+    /// Model repository: `<dir>/<model>/<version>/model.onnx`, optional `<dir>/<model>/config.yaml`.
+    #[arg(long, env = "SWITCHYARD_MODEL_REPOSITORY", default_value = "models")]
+    pub model_repository: PathBuf,
+
+    /// Address for the KServe v2 REST API.
+    #[arg(long, env = "SWITCHYARD_HTTP_ADDR", default_value = "0.0.0.0:8000")]
+    pub http_addr: SocketAddr,
+
+    /// Address for the KServe v2 gRPC API and grpc.health.v1.
+    #[arg(long, env = "SWITCHYARD_GRPC_ADDR", default_value = "0.0.0.0:8001")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address for Prometheus metrics (`/metrics`).
+    #[arg(long, env = "SWITCHYARD_METRICS_ADDR", default_value = "0.0.0.0:8002")]
+    pub metrics_addr: SocketAddr,
+
+    /// Largest HTTP request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "SWITCHYARD_MAX_REQUEST_BYTES", default_value_t = 64 << 20)]
+    pub max_request_bytes: usize,
+
+    /// Largest gRPC message accepted or sent, in bytes (gRPC's own default is only 4 MiB).
+    #[arg(long, env = "SWITCHYARD_GRPC_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub grpc_max_message_bytes: usize,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "SWITCHYARD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `tracing` EnvFilter syntax (e.g. `info,switchyard=debug`).
+    #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Path of libonnxruntime.so (default: ORT_DYLIB_PATH, then beside the binary, then the system search path).
+    #[arg(long, env = "SWITCHYARD_ONNXRUNTIME_LIBRARY")]
+    pub onnxruntime_library: Option<PathBuf>,
+
+    /// Allow loading and unloading models through the repository API.
+    #[arg(long, env = "SWITCHYARD_ENABLE_MODEL_CONTROL")]
+    pub enable_model_control: bool,
+
+    /// Report ready only when every model in the repository has a version serving.
+    #[arg(long, env = "SWITCHYARD_STRICT_READINESS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict_readiness: bool,
+
+    /// Exit at start-up when any model fails to load (otherwise serve the rest).
+    #[arg(long, env = "SWITCHYARD_EXIT_ON_ERROR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub exit_on_error: bool,
+
+    /// Requests that may wait per model version before new ones get 429 (models may override).
+    #[arg(long, env = "SWITCHYARD_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+
+    /// ONNX Runtime intra-op threads per model instance (models may override).
+    #[arg(long, env = "SWITCHYARD_ONNX_INTRA_OP_THREADS", default_value_t = 1)]
+    pub onnx_intra_op_threads: usize,
+
+    /// ONNX Runtime inter-op threads per model instance (models may override).
+    #[arg(long, env = "SWITCHYARD_ONNX_INTER_OP_THREADS", default_value_t = 1)]
+    pub onnx_inter_op_threads: usize,
+
+    /// Let idle ONNX Runtime threads spin (lower latency, burns CPU).
+    #[arg(long, env = "SWITCHYARD_ONNX_SPINNING")]
+    pub onnx_spinning: bool,
+
+    /// After SIGTERM, how long to keep serving (readiness already false) before closing listeners.
+    #[arg(long, env = "SWITCHYARD_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
+    /// After closing listeners, the most time in-flight requests get to finish.
+    #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// Checks what clap cannot; run before binding any port.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.model_repository.is_dir() {
+            return Err(format!(
+                "--model-repository {} is not a directory",
+                self.model_repository.display()
+            ));
+        }
+        if self.queue_capacity == 0 {
+            return Err("--queue-capacity must be at least 1".to_owned());
+        }
+        if self.max_request_bytes == 0 || self.grpc_max_message_bytes == 0 {
+            return Err(
+                "--max-request-bytes and --grpc-max-message-bytes must be positive".to_owned(),
+            );
+        }
+        let addrs = [self.http_addr, self.grpc_addr, self.metrics_addr];
+        for (i, a) in addrs.iter().enumerate() {
+            if a.port() != 0 && addrs[..i].contains(a) {
+                return Err(format!("address {a} is given for two listeners"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn model_defaults(&self) -> ConfigDefaults {
+        ConfigDefaults {
+            queue_capacity: self.queue_capacity,
+            onnx: OnnxOptions {
+                intra_op_threads: self.onnx_intra_op_threads,
+                inter_op_threads: self.onnx_inter_op_threads,
+                spinning: self.onnx_spinning,
+            },
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The KServe v2 REST edge (axum): health, metadata, inference (JSON and the
+//! binary tensor extension) and the repository extension. Handlers decode,
+//! call `infer`, encode; errors become `{"error": ...}` through `ApiError`.
+
+pub mod codec;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use switchyard_runtimes::TensorSpec;
+
+use crate::error::ApiError;
+use crate::infer::{Served, infer};
+use crate::model::ModelVersion;
+use crate::state::AppState;
+use codec::{HEADER_CONTENT_LENGTH, decode_request, encode_response};
+
+pub const SERVER_NAME: &str = "switchyard";
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Protocol extensions we implement, as `/v2` reports them.
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+];
+
+/// The REST API router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_versioned),
+        )
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_versioned),
+        )
+        .route("/v2/models/{model}/config", get(model_config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config_versioned),
+        )
+        .route("/v2/models/{model}/infer", post(infer_latest))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_versioned),
+        )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
+        .fallback(no_route)
+        // Bodies are read with our own limit so an oversize one gets our 413 body.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// The metrics router, served on its own port.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(state): State<Arc<AppState>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    state.metrics.render(),
+                )
+            }),
+        )
+        .fallback(no_route)
+        .with_state(state)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn server_metadata() -> Response {
+    axum::Json(json!({
+        "name": SERVER_NAME,
+        "version": SERVER_VERSION,
+        "extensions": EXTENSIONS,
+    }))
+    .into_response()
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> StatusCode {
+    if state.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+fn tensor_metadata(specs: &[TensorSpec]) -> Vec<serde_json::Value> {
+    specs
+        .iter()
+        .map(|spec| json!({"name": spec.name, "datatype": spec.datatype.as_str(), "shape": spec.shape}))
+        .collect()
+}
+
+fn metadata_of(state: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let catalog = state.catalog();
+    let found = catalog.lookup(model, version)?;
+    let versions: Vec<String> = catalog
+        .models
+        .get(model)
+        .map(|entry| entry.versions.keys().map(u64::to_string).collect())
+        .unwrap_or_default();
+    Ok(axum::Json(json!({
+        "name": found.name,
+        "versions": versions,
+        "platform": found.config.platform.as_str(),
+        "inputs": tensor_metadata(&found.signature.inputs),
+        "outputs": tensor_metadata(&found.signature.outputs),
+    }))
+    .into_response())
+}
+
+async fn model_metadata(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    metadata_of(&state, &model, None)
+}
+
+async fn model_metadata_versioned(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    metadata_of(&state, &model, Some(&version))
+}
+
+fn readiness_of(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<StatusCode, ApiError> {
+    match state.catalog().lookup(model, version) {
+        Ok(_) => Ok(StatusCode::OK),
+        // Known but not serving: "not ready" rather than an error.
+        Err(err) if err.kind == crate::error::ErrorKind::Unavailable => {
+            Ok(StatusCode::SERVICE_UNAVAILABLE)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+async fn model_ready(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    readiness_of(&state, &model, None)
+}
+
+async fn model_ready_versioned(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    readiness_of(&state, &model, Some(&version))
+}
+
+/// The configuration in Triton's JSON shape, so `get_model_config` works.
+fn config_json(model: &ModelVersion) -> serde_json::Value {
+    let batching = model.config.max_batch_size > 0;
+    let dims = |spec: &TensorSpec| -> Vec<i64> {
+        if batching {
+            spec.shape.iter().skip(1).copied().collect()
+        } else {
+            spec.shape.clone()
+        }
+    };
+    let tensors = |specs: &[TensorSpec]| -> Vec<serde_json::Value> {
+        specs
+            .iter()
+            .map(|spec| {
+                let dt = match spec.datatype {
+                    switchyard_runtimes::DataType::Bytes => "TYPE_STRING".to_owned(),
+                    other => format!("TYPE_{}", other.as_str()),
+                };
+                json!({"name": spec.name, "data_type": dt, "dims": dims(spec)})
+            })
+            .collect()
+    };
+    json!({
+        "name": model.name,
+        "platform": model.config.platform.as_str(),
+        "backend": "onnxruntime",
+        "max_batch_size": model.config.max_batch_size,
+        "input": tensors(&model.signature.inputs),
+        "output": tensors(&model.signature.outputs),
+        "instance_group": [{"count": model.config.instance_count, "kind": "KIND_CPU"}],
+    })
+}
+
+async fn model_config(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    let found = state.catalog().lookup(&model, None)?;
+    Ok(axum::Json(config_json(&found)).into_response())
+}
+
+async fn model_config_versioned(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let found = state.catalog().lookup(&model, Some(&version))?;
+    Ok(axum::Json(config_json(&found)).into_response())
+}
+
+/// Reads a body up to `limit` bytes; larger ones are refused with 413.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            crate::error::ErrorKind::PayloadTooLarge,
+            format!("request body is larger than the limit of {limit} bytes (--max-request-bytes)"),
+        )
+    };
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
+        && encoding.as_bytes() != b"identity"
+    {
+        return Err(ApiError::invalid(format!(
+            "Content-Encoding {encoding:?} is not supported; send the body uncompressed"
+        )));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
+        let over_limit = std::error::Error::source(&err)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            too_large()
+        } else {
+            ApiError::invalid(format!("reading the request body failed: {err}"))
+        }
+    })
+}
+
+async fn infer_latest(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    infer_http(state, model, None, headers, body).await
+}
+
+async fn infer_versioned(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    infer_http(state, model, Some(version), headers, body).await
+}
+
+async fn infer_http(
+    state: Arc<AppState>,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut served = Served {
+        model: None,
+        started: Instant::now(),
+    };
+    let result = async {
+        let header_length = match headers.get(HEADER_CONTENT_LENGTH) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "Inference-Header-Content-Length must be a byte count, got {value:?}"
+                        ))
+                    })?,
+            ),
+        };
+        let body = read_body(body, &headers, state.settings.max_request_bytes).await?;
+        let decoded = decode_request(&model, version.as_deref(), body, header_length)?;
+        let response = infer(&state, decoded.request, &mut served).await?;
+        encode_response(&decoded.binary, &response)
+    }
+    .await;
+    let (model_label, version_label) = served
+        .model
+        .as_ref()
+        .map(|m| (m.name.as_str(), m.version.to_string()))
+        .unwrap_or(("", String::new()));
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(err) => err.kind.as_label(),
+    };
+    state.metrics.observe_request(
+        model_label,
+        &version_label,
+        "http",
+        outcome,
+        served.started.elapsed(),
+    );
+    match result {
+        Ok(encoded) => {
+            let mut response = Response::new(Body::from(encoded.body));
+            let headers = response.headers_mut();
+            match encoded.json_length {
+                Some(len) => {
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    headers.insert(HEADER_CONTENT_LENGTH, HeaderValue::from(len));
+                }
+                None => {
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                }
+            }
+            response
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+async fn repository_index(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(body, &headers, 64 << 10).await?;
+    let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|err| ApiError::invalid(format!("malformed JSON request body: {err}")))?
+    };
+    let names = state.repository().model_names().unwrap_or_default();
+    Ok(axum::Json(state.catalog().index(&names, request.ready)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct ControlRequest {
+    #[serde(default)]
+    parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Parses a load/unload body; Triton's config/file overrides are refused, not ignored.
+async fn control_request(
+    headers: &HeaderMap,
+    body: Body,
+    allowed: &[&str],
+) -> Result<(), ApiError> {
+    let body = read_body(body, headers, 64 << 10).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let request: ControlRequest = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::invalid(format!("malformed JSON request body: {err}")))?;
+    if let Some(key) = request
+        .parameters
+        .keys()
+        .find(|key| !allowed.contains(&key.as_str()))
+    {
+        return Err(ApiError::invalid(format!(
+            "parameter `{key}` is not supported; models load from the repository as they are"
+        )));
+    }
+    Ok(())
+}
+
+async fn repository_load(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    control_request(&headers, body, &[]).await?;
+    state.load_model(&model).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn repository_unload(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    control_request(&headers, body, &["unload_dependents"]).await?;
+    state.unload_model(&model).await?;
+    Ok(StatusCode::OK)
+}

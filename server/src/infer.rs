@@ -1,0 +1,172 @@
+//! The transport-neutral inference request: what the HTTP and gRPC edges
+//! decode into, its check against the model's signature, and the call into the
+//! model. Edges only translate; every rule about inputs lives here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use switchyard_runtimes::{Signature, Tensor};
+
+use crate::error::ApiError;
+use crate::model::ModelVersion;
+use crate::state::AppState;
+
+/// A decoded request. Tensors are well formed (sizes match shapes); whether
+/// they fit the model is checked by `validate`.
+#[derive(Debug, Clone, Default)]
+pub struct InferRequest {
+    pub model: String,
+    pub version: Option<String>,
+    pub id: Option<String>,
+    pub inputs: Vec<Tensor>,
+    /// Outputs asked for, by name; `None` = all of the model's outputs.
+    pub outputs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: Option<String>,
+    pub outputs: Vec<Tensor>,
+}
+
+/// Checks the request's inputs and requested outputs against the model.
+pub fn validate(model: &ModelVersion, request: &InferRequest) -> Result<(), ApiError> {
+    let signature: &Signature = &model.signature;
+    let name = &model.name;
+    let expected_inputs = || {
+        signature
+            .inputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+    };
+    for (index, input) in request.inputs.iter().enumerate() {
+        if request.inputs[..index]
+            .iter()
+            .any(|earlier| earlier.name() == input.name())
+        {
+            return Err(ApiError::invalid(format!(
+                "input `{}` is given twice",
+                input.name()
+            )));
+        }
+        let spec = signature.input(input.name()).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "unknown input `{}` for model `{name}`; expected inputs: {:?}",
+                input.name(),
+                expected_inputs()
+            ))
+        })?;
+        if input.datatype() != spec.datatype {
+            return Err(ApiError::invalid(format!(
+                "input `{}`: expected datatype {}, got {}",
+                spec.name,
+                spec.datatype,
+                input.datatype()
+            )));
+        }
+        if !spec.accepts_shape(input.shape()) {
+            return Err(ApiError::invalid(format!(
+                "input `{}`: expected shape {:?}, got {:?}",
+                spec.name,
+                spec.shape,
+                input.shape()
+            )));
+        }
+        let max = model.config.max_batch_size;
+        if max > 0 {
+            let rows = input.shape().first().copied().unwrap_or(0);
+            if rows < 1 || rows > i64::from(max) {
+                return Err(ApiError::invalid(format!(
+                    "input `{}`: batch dimension is {rows}, but model `{name}` takes 1 to {max} rows (max_batch_size)",
+                    spec.name
+                )));
+            }
+        }
+    }
+    for spec in &signature.inputs {
+        if !request.inputs.iter().any(|input| input.name() == spec.name) {
+            return Err(ApiError::invalid(format!(
+                "missing input `{}` for model `{name}`; expected inputs: {:?}",
+                spec.name,
+                expected_inputs()
+            )));
+        }
+    }
+    if let Some(requested) = &request.outputs {
+        for (index, output) in requested.iter().enumerate() {
+            if signature.output(output).is_none() {
+                let known: Vec<&str> = signature.outputs.iter().map(|s| s.name.as_str()).collect();
+                return Err(ApiError::invalid(format!(
+                    "unknown output `{output}` requested from model `{name}`; its outputs are {known:?}"
+                )));
+            }
+            if requested[..index].contains(output) {
+                return Err(ApiError::invalid(format!(
+                    "output `{output}` is requested twice"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where an inference ended, for metrics and logs.
+pub struct Served {
+    pub model: Option<Arc<ModelVersion>>,
+    pub started: Instant,
+}
+
+/// Resolves, validates and runs a request. `served.model` is set once the
+/// model is known, so edges can label metrics even for failures.
+pub async fn infer(
+    state: &AppState,
+    request: InferRequest,
+    served: &mut Served,
+) -> Result<InferResponse, ApiError> {
+    let catalog = state.catalog();
+    let model = catalog.lookup(&request.model, request.version.as_deref())?;
+    served.model = Some(model.clone());
+    drop(catalog);
+    validate(&model, &request)?;
+    let InferRequest {
+        id,
+        inputs,
+        outputs,
+        ..
+    } = request;
+    let mut produced = model.infer(inputs).await?;
+    let produced_names: Vec<String> = model
+        .signature
+        .outputs
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    // Keep only outputs the signature exposes, in the order asked for.
+    let outputs = match outputs {
+        Some(requested) => requested
+            .iter()
+            .map(|name| take_output(&mut produced, name))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => produced_names
+            .iter()
+            .map(|name| take_output(&mut produced, name))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(InferResponse {
+        model_name: model.name.clone(),
+        model_version: model.version.to_string(),
+        id,
+        outputs,
+    })
+}
+
+fn take_output(produced: &mut Vec<Tensor>, name: &str) -> Result<Tensor, ApiError> {
+    let index = produced
+        .iter()
+        .position(|t| t.name() == name)
+        .ok_or_else(|| ApiError::internal(format!("the runtime gave no output `{name}`")))?;
+    Ok(produced.swap_remove(index))
+}

@@ -1,0 +1,139 @@
+//! Switchyard's server: model repository and catalog, the HTTP and gRPC edges,
+//! metrics, and the serve/shutdown life cycle. Entry point: `serve`.
+
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod infer;
+pub mod metrics;
+pub mod model;
+pub mod model_config;
+pub mod repository;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::state::AppState;
+
+/// Bound sockets for the three listeners (tests bind 127.0.0.1:0).
+pub struct Listeners {
+    pub http: TcpListener,
+    pub grpc: TcpListener,
+    pub metrics: TcpListener,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub grpc_max_message_bytes: usize,
+    /// Time between readiness turning false and the listeners closing.
+    pub drain_delay: Duration,
+    /// Most time in-flight requests get once the listeners close.
+    pub drain_timeout: Duration,
+}
+
+/// Serves until `shutdown` resolves, then drains: readiness false at once,
+/// listeners closed after `drain_delay`, in-flight requests cut after `drain_timeout`.
+pub async fn serve(
+    state: Arc<AppState>,
+    listeners: Listeners,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let close = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let service_name = switchyard_proto::SERVICE_NAME;
+    {
+        // Keeps grpc.health.v1 in step with readiness (model loads, draining).
+        let state = state.clone();
+        let close = close.clone();
+        tasks.spawn(async move {
+            let mut last = None;
+            loop {
+                let ready = state.is_ready();
+                if last != Some(ready) {
+                    for name in ["", service_name] {
+                        if ready {
+                            health_reporter
+                                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                                .await;
+                        } else {
+                            health_reporter
+                                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                                .await;
+                        }
+                    }
+                    last = Some(ready);
+                }
+                tokio::select! {
+                    _ = close.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+        });
+    }
+
+    let http = axum::serve(listeners.http, http::router(state.clone()))
+        .with_graceful_shutdown(close.clone().cancelled_owned());
+    let metrics = axum::serve(listeners.metrics, http::metrics_router(state.clone()))
+        .with_graceful_shutdown(close.clone().cancelled_owned());
+    let inference =
+        switchyard_proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+            grpc::GrpcService::new(state.clone()),
+        )
+        .max_decoding_message_size(options.grpc_max_message_bytes)
+        .max_encoding_message_size(options.grpc_max_message_bytes);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(inference)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            close.clone().cancelled_owned(),
+        );
+
+    let servers = TaskTracker::new();
+    servers.spawn(async move {
+        if let Err(err) = http.await {
+            warn!(error = %err, "HTTP server failed.");
+        }
+    });
+    servers.spawn(async move {
+        if let Err(err) = metrics.await {
+            warn!(error = %err, "Metrics server failed.");
+        }
+    });
+    servers.spawn(async move {
+        if let Err(err) = grpc.await {
+            warn!(error = %err, "gRPC server failed.");
+        }
+    });
+    servers.close();
+
+    shutdown.await;
+    state.start_draining();
+    info!(drain_delay = ?options.drain_delay, "Shutting down: readiness is false.");
+    tokio::time::sleep(options.drain_delay).await;
+    close.cancel();
+    tasks.close();
+    info!(drain_timeout = ?options.drain_timeout, "Listeners closed; draining in-flight requests.");
+    if tokio::time::timeout(options.drain_timeout, servers.wait())
+        .await
+        .is_err()
+    {
+        warn!("Drain timeout reached; dropping requests still in flight.");
+    }
+    tasks.wait().await;
+    info!("Shutdown complete.");
+    Ok(())
+}
