@@ -20,6 +20,31 @@ use crate::http::{EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::infer::{InferRequest, InferResponse, Served, infer};
 use crate::state::AppState;
 
+/// Codes for failures tonic detects before a handler runs, put right: an
+/// undecodable message is the client's mistake (INTERNAL → INVALID_ARGUMENT)
+/// and an oversize one is RESOURCE_EXHAUSTED, as gRPC itself reports it (not
+/// OUT_OF_RANGE). Such errors travel in the headers of a trailers-only response.
+pub fn classify_decode_errors<B>(mut response: http::Response<B>) -> http::Response<B> {
+    const RULES: &[(&[u8], &[u8], &str)] = &[
+        (b"13", b"failed to decode", "3"),
+        (b"13", b"failed%20to%20decode", "3"),
+        (b"11", b"Error, decoded message length too large", "8"),
+        (b"11", b"Error,%20decoded%20message%20length%20too%20large", "8"),
+    ];
+    let headers = response.headers_mut();
+    let (Some(status), Some(message)) = (headers.get("grpc-status"), headers.get("grpc-message")) else {
+        return response;
+    };
+    let replacement = RULES
+        .iter()
+        .find(|(code, prefix, _)| status.as_bytes() == *code && message.as_bytes().starts_with(prefix))
+        .map(|(_, _, new)| *new);
+    if let Some(new) = replacement {
+        headers.insert("grpc-status", http::HeaderValue::from_static(new));
+    }
+    response
+}
+
 pub struct GrpcService {
     state: Arc<AppState>,
 }

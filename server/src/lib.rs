@@ -95,6 +95,9 @@ pub async fn serve(
         .max_decoding_message_size(options.grpc_max_message_bytes)
         .max_encoding_message_size(options.grpc_max_message_bytes);
     let grpc = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            grpc::classify_decode_errors::<tonic::body::Body>,
+        ))
         .add_service(health_service)
         .add_service(inference)
         .serve_with_incoming_shutdown(
