@@ -29,15 +29,22 @@ pub fn classify_decode_errors<B>(mut response: http::Response<B>) -> http::Respo
         (b"13", b"failed to decode", "3"),
         (b"13", b"failed%20to%20decode", "3"),
         (b"11", b"Error, decoded message length too large", "8"),
-        (b"11", b"Error,%20decoded%20message%20length%20too%20large", "8"),
+        (
+            b"11",
+            b"Error,%20decoded%20message%20length%20too%20large",
+            "8",
+        ),
     ];
     let headers = response.headers_mut();
-    let (Some(status), Some(message)) = (headers.get("grpc-status"), headers.get("grpc-message")) else {
+    let (Some(status), Some(message)) = (headers.get("grpc-status"), headers.get("grpc-message"))
+    else {
         return response;
     };
     let replacement = RULES
         .iter()
-        .find(|(code, prefix, _)| status.as_bytes() == *code && message.as_bytes().starts_with(prefix))
+        .find(|(code, prefix, _)| {
+            status.as_bytes() == *code && message.as_bytes().starts_with(prefix)
+        })
         .map(|(_, _, new)| *new);
     if let Some(new) = replacement {
         headers.insert("grpc-status", http::HeaderValue::from_static(new));

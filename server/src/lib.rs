@@ -56,6 +56,7 @@ pub async fn serve(
     let service_name = switchyard_proto::SERVICE_NAME;
     {
         // Keeps grpc.health.v1 in step with readiness (model loads, draining).
+        let health_reporter = health_reporter.clone();
         let state = state.clone();
         let close = close.clone();
         tasks.spawn(async move {
@@ -125,6 +126,11 @@ pub async fn serve(
 
     shutdown.await;
     state.start_draining();
+    for name in ["", service_name] {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     info!(drain_delay = ?options.drain_delay, "Shutting down: readiness is false.");
     tokio::time::sleep(options.drain_delay).await;
     close.cancel();

@@ -1,0 +1,64 @@
+# Switchyard: the two set-up commands are `make run` and `make test`.
+# Everything they need (ONNX Runtime's library, the Python venv, the sample
+# models) is fetched into ignored folders of this checkout and reused.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export ORT_DYLIB_PATH ?= $(CURDIR)/.cache/onnxruntime/lib/libonnxruntime.so
+ARGS ?=
+
+.PHONY: run test setup onnxruntime venv models build build-release lint rust-test python-test clean
+
+## Fetch what is needed, build, and serve the bundled models on :8000 (HTTP), :8001 (gRPC), :8002 (metrics).
+run: setup build-release
+	./target/release/switchyard --model-repository models $(ARGS)
+
+## Run the whole test suite: Rust unit and integration tests, then real-client Python tests.
+test: setup
+	$(CARGO) build --locked --workspace --all-targets
+	$(MAKE) rust-test python-test
+
+setup: onnxruntime models
+
+onnxruntime:
+	scripts/fetch-onnxruntime.sh
+
+$(VENV)/.installed: tests/python/requirements.txt models/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+models: venv
+	$(PY) models/make_models.py --check
+
+build:
+	$(CARGO) build --locked --workspace
+
+build-release:
+	$(CARGO) build --locked --release -p switchyard
+
+rust-test:
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --locked --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --locked --workspace; \
+	fi
+
+python-test:
+	cd tests/python && SWITCHYARD_BIN=$(CURDIR)/target/debug/switchyard ../../$(PY) -m pytest -q -p no:cacheprovider
+
+## Formatting, lints, and the dependency rule that runtimes never pulls in a web server.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	scripts/check-dependency-direction.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf .cache $(VENV)

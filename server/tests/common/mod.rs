@@ -1,0 +1,155 @@
+//! Helpers shared by the integration tests: an in-process server on
+//! 127.0.0.1:0 over the real sample models and the real ONNX Runtime.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::metrics::Metrics;
+use switchyard::model_config::ConfigDefaults;
+use switchyard::repository::Repository;
+use switchyard::state::{AppState, Settings};
+use switchyard::{Listeners, ServeOptions, serve};
+use switchyard_runtimes::onnx::OnnxOptions;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub fn models_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models");
+    assert!(
+        dir.join("mlp/1/model.onnx").exists(),
+        "sample models are missing: run `make models` first"
+    );
+    dir
+}
+
+pub fn settings() -> Settings {
+    Settings {
+        model_control: false,
+        strict_readiness: true,
+        max_request_bytes: 1 << 20,
+    }
+}
+
+pub fn defaults() -> ConfigDefaults {
+    ConfigDefaults {
+        queue_capacity: 64,
+        onnx: OnnxOptions::default(),
+    }
+}
+
+/// Builds state over `repo` and loads every model in it.
+pub async fn state_for(repo: &Path, settings: Settings) -> Arc<AppState> {
+    switchyard_runtimes::onnx::init(None).expect("ONNX Runtime (run scripts/fetch-onnxruntime.sh)");
+    let repository = Repository::open(repo, defaults()).unwrap();
+    let state = AppState::new(repository, Metrics::new().unwrap(), settings);
+    state.load_all().await.unwrap();
+    state
+}
+
+pub struct TestServer {
+    pub state: Arc<AppState>,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start(state: Arc<AppState>, drain_delay: Duration) -> Self {
+        let bind = || TcpListener::bind("127.0.0.1:0");
+        let listeners = Listeners {
+            http: bind().await.unwrap(),
+            grpc: bind().await.unwrap(),
+            metrics: bind().await.unwrap(),
+        };
+        let (http, grpc, metrics) = (
+            listeners.http.local_addr().unwrap(),
+            listeners.grpc.local_addr().unwrap(),
+            listeners.metrics.local_addr().unwrap(),
+        );
+        let (tx, rx) = oneshot::channel::<()>();
+        let options = ServeOptions {
+            grpc_max_message_bytes: 1 << 20,
+            drain_delay,
+            drain_timeout: Duration::from_secs(5),
+        };
+        let task = tokio::spawn(serve(state.clone(), listeners, options, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            state,
+            http,
+            grpc,
+            metrics,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 exchange over a fresh connection: (status, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete HTTP response");
+    let status_line = String::from_utf8_lossy(&response[..split]).to_string();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let mut body = response[split + 4..].to_vec();
+    if status_line
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+        data = &data[line_end + 2 + size + 2..];
+    }
+    out
+}
