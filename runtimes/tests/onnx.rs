@@ -1,6 +1,8 @@
 //! The ONNX backend against the real sample models (made by `make models`)
 //! and the real ONNX Runtime library (fetched by scripts/fetch-onnxruntime.sh).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
+
 use std::path::PathBuf;
 
 use half::f16;

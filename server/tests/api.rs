@@ -2,6 +2,8 @@
 //! port 0: inference, errors, health (including grpc.health.v1), metrics,
 //! model control, and the drain sequence on shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! non-zero with the reason, before binding), partial model failures, and a
 //! clean exit on SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
+
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -61,6 +63,7 @@ fn start(cmd: &mut Command) -> (Child, serde_json::Value) {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("switchyard did not report Listening.");
 }
 

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: an in-process server on
 //! 127.0.0.1:0 over the real sample models and the real ONNX Runtime.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -138,10 +138,7 @@ pub async fn http_request(
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
         let size =
             usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
                 .unwrap();
