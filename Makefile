@@ -20,6 +20,7 @@ run: setup build-release
 ## Run the whole test suite: Rust unit and integration tests, then real-client Python tests.
 test: setup
 	$(CARGO) build --locked --workspace --all-targets
+	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
 	$(MAKE) rust-test python-test
 
 setup: onnxruntime models
@@ -39,9 +40,12 @@ models: venv
 
 build:
 	$(CARGO) build --locked --workspace
+	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
 
+# The binaries also find ONNX Runtime beside themselves, without ORT_DYLIB_PATH.
 build-release:
-	$(CARGO) build --locked --release -p switchyard
+	$(CARGO) build --locked --release -p switchyard -p switchyard-load
+	ln -sf $(ORT_DYLIB_PATH) target/release/libonnxruntime.so
 
 rust-test:
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \

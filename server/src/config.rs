@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use switchyard_runtimes::onnx::OnnxOptions;
 
 use crate::model_config::ConfigDefaults;
@@ -16,9 +16,29 @@ pub enum LogFormat {
     Json,
 }
 
-/// Switchyard: a KServe v2 model-serving gateway.
+/// Switchyard: a KServe v2 model-serving gateway. Without a subcommand it serves.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "switchyard", version, about)]
+#[command(
+    name = "switchyard",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Time a model's runtime in process, with no server: the ceiling for benchmarks.
+    BenchRuntime(crate::bench::BenchArgs),
+}
+
+/// How the server runs.
+#[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Model repository: `<dir>/<model>/<version>/model.onnx`, optional `<dir>/<model>/config.yaml`.
     #[arg(long, env = "SWITCHYARD_MODEL_REPOSITORY", default_value = "models")]

@@ -1,6 +1,7 @@
 //! Switchyard's server: model repository and catalog, the HTTP and gRPC edges,
 //! metrics, and the serve/shutdown life cycle. Entry point: `serve`.
 
+pub mod bench;
 pub mod catalog;
 pub mod config;
 pub mod error;
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -85,7 +85,11 @@ pub async fn serve(
         });
     }
 
-    let http = axum::serve(listeners.http, http::router(state.clone()))
+    // Small request/response exchanges: Nagle's algorithm would add ~40 ms stalls.
+    let http_listener = axum::serve::ListenerExt::tap_io(listeners.http, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let http = axum::serve(http_listener, http::router(state.clone()))
         .with_graceful_shutdown(close.clone().cancelled_owned());
     let metrics = axum::serve(listeners.metrics, http::metrics_router(state.clone()))
         .with_graceful_shutdown(close.clone().cancelled_owned());
@@ -102,7 +106,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(inference)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
+            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             close.clone().cancelled_owned(),
         );
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchyard::config::{Config, LogFormat};
+use switchyard::config::{Cli, Command, Config, LogFormat};
 use switchyard::metrics::Metrics;
 use switchyard::repository::Repository;
 use switchyard::state::{AppState, Settings};
@@ -108,7 +108,20 @@ async fn run(config: Config) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let cli = Cli::parse();
+    if let Some(Command::BenchRuntime(args)) = &cli.command {
+        return match switchyard::bench::run(args) {
+            Ok(results) => {
+                switchyard::bench::print(args, &results);
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("switchyard bench-runtime: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = cli.serve;
     if let Err(err) = init_logging(&config) {
         eprintln!("switchyard: {err}");
         return ExitCode::from(2);
