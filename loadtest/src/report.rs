@@ -36,13 +36,11 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A line chart: `series` of (name, colour, points) over shared x.
-fn line_chart(
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[(&str, &str, Vec<(f64, f64)>)],
-) -> String {
+/// One line of a chart: name, colour, (x, y) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// A line chart of `series` over a shared x axis.
+fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_>]) -> String {
     let (w, h, left, bottom, top, right) = (720.0, 300.0, 70.0, 40.0, 30.0, 20.0);
     let points = series.iter().flat_map(|(_, _, p)| p.iter());
     let (mut x_max, mut y_max) = (0f64, 0f64);
