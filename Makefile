@@ -11,7 +11,9 @@ PY := $(VENV)/bin/python
 export ORT_DYLIB_PATH ?= $(CURDIR)/.cache/onnxruntime/lib/libonnxruntime.so
 ARGS ?=
 
-.PHONY: run test setup onnxruntime venv models build build-release lint rust-test python-test clean
+BENCH_ARGS ?=
+
+.PHONY: bench run test setup onnxruntime venv models build build-release lint rust-test python-test clean
 
 ## Fetch what is needed, build, and serve the bundled models on :8000 (HTTP), :8001 (gRPC), :8002 (metrics).
 run: setup build-release
@@ -22,6 +24,10 @@ test: setup
 	$(CARGO) build --locked --workspace --all-targets
 	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
 	$(MAKE) rust-test python-test
+
+## Side-by-side benchmark (raw runtime, Switchyard, MLServer, KServe); see docs/BENCHMARKS.md.
+bench: setup build-release
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 setup: onnxruntime models
 

@@ -108,10 +108,21 @@ impl WireTarget {
                     .uri(uri.clone())
                     .body(Full::new(body.clone()))
                     .map_err(|_| "transport".to_owned())?;
-                if let Some(len) = header_len {
-                    request
-                        .headers_mut()
-                        .insert("inference-header-content-length", HeaderValue::from(*len));
+                let headers = request.headers_mut();
+                match header_len {
+                    Some(len) => {
+                        headers.insert("inference-header-content-length", HeaderValue::from(*len));
+                        headers.insert(
+                            http::header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/octet-stream"),
+                        );
+                    }
+                    None => {
+                        headers.insert(
+                            http::header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                    }
                 }
                 let response = client
                     .request(request)

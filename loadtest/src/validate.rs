@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use switchyard_proto::ModelInferResponse;
+use switchyard_proto::{InferTensorContents, ModelInferResponse};
 
 use crate::payload::{TensorInfo, element_size, raw_to_json};
 
@@ -30,6 +30,25 @@ pub struct Output<'a> {
 pub enum OutputData<'a> {
     Raw(&'a [u8]),
     Json(&'a [Value]),
+}
+
+/// The values of typed gRPC contents, whichever field is filled.
+fn typed_values(contents: Option<&InferTensorContents>) -> Vec<Value> {
+    let Some(c) = contents else { return Vec::new() };
+    let mut out: Vec<Value> = Vec::new();
+    out.extend(c.bool_contents.iter().map(|&v| Value::from(v)));
+    out.extend(c.int_contents.iter().map(|&v| Value::from(v)));
+    out.extend(c.int64_contents.iter().map(|&v| Value::from(v)));
+    out.extend(c.uint_contents.iter().map(|&v| Value::from(v)));
+    out.extend(c.uint64_contents.iter().map(|&v| Value::from(v)));
+    out.extend(c.fp32_contents.iter().map(|&v| Value::from(v)));
+    out.extend(c.fp64_contents.iter().map(|&v| Value::from(v)));
+    out.extend(
+        c.bytes_contents
+            .iter()
+            .map(|v| Value::from(String::from_utf8_lossy(v))),
+    );
+    out
 }
 
 fn shape_fits(expected: &[i64], got: &[i64]) -> bool {
@@ -142,7 +161,17 @@ impl Expectation {
         self.check(&outputs)
     }
 
+    /// Checks a gRPC response: raw contents, or typed `contents` as some servers send.
     pub fn check_grpc(&self, response: &ModelInferResponse) -> Result<(), String> {
+        let typed: Vec<Vec<Value>> = if response.raw_output_contents.is_empty() {
+            response
+                .outputs
+                .iter()
+                .map(|o| typed_values(o.contents.as_ref()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let outputs: Vec<Output<'_>> = response
             .outputs
             .iter()
@@ -151,13 +180,16 @@ impl Expectation {
                 name: &o.name,
                 datatype: &o.datatype,
                 shape: o.shape.clone(),
-                data: OutputData::Raw(
-                    response
-                        .raw_output_contents
-                        .get(i)
-                        .map(|b| b.as_ref())
-                        .unwrap_or_default(),
-                ),
+                data: match typed.get(i) {
+                    Some(values) => OutputData::Json(values),
+                    None => OutputData::Raw(
+                        response
+                            .raw_output_contents
+                            .get(i)
+                            .map(|b| b.as_ref())
+                            .unwrap_or_default(),
+                    ),
+                },
             })
             .collect();
         self.check(&outputs)
@@ -247,6 +279,18 @@ mod tests {
         };
         assert_eq!(exp.check_grpc(&response), Ok(()));
         response.raw_output_contents[0] = vec![0u8; 20].into();
+        assert_eq!(exp.check_grpc(&response), Err("bad_response:size".into()));
+        // Typed contents (as KServe's Python server answers) are read too.
+        response.raw_output_contents.clear();
+        response.outputs[0].contents = Some(InferTensorContents {
+            fp32_contents: vec![0.5; 6],
+            ..Default::default()
+        });
+        assert_eq!(exp.check_grpc(&response), Ok(()));
+        response.outputs[0].contents = Some(InferTensorContents {
+            fp32_contents: vec![0.5; 5],
+            ..Default::default()
+        });
         assert_eq!(exp.check_grpc(&response), Err("bad_response:size".into()));
     }
 }
