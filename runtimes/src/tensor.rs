@@ -209,6 +209,104 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// Rows along dimension 0 (1 for a scalar).
+    pub fn rows(&self) -> usize {
+        self.shape.first().map_or(1, |&d| d as usize)
+    }
+
+    /// Joins tensors along dimension 0. All parts must share name, datatype and
+    /// the dimensions after the first.
+    pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor, TensorError> {
+        let first = parts.first().ok_or_else(|| TensorError::TooLarge {
+            name: String::new(),
+            shape: Vec::new(),
+        })?;
+        if parts.len() == 1 {
+            return Ok((*first).clone());
+        }
+        let mut shape = first.shape.clone();
+        if shape.is_empty() {
+            return Err(TensorError::NegativeDim {
+                name: first.name.clone(),
+                shape,
+            });
+        }
+        let mut rows = 0i64;
+        let mut buf = BytesMut::with_capacity(parts.iter().map(|t| t.data.len()).sum());
+        for part in parts {
+            if part.datatype != first.datatype || part.shape.get(1..) != first.shape.get(1..) {
+                return Err(TensorError::SizeMismatch {
+                    name: first.name.clone(),
+                    datatype: first.datatype,
+                    shape: part.shape.clone(),
+                    expected: first.data.len(),
+                    actual: part.data.len(),
+                });
+            }
+            rows += part.shape[0];
+            buf.put_slice(&part.data);
+        }
+        shape[0] = rows;
+        Ok(Tensor {
+            name: first.name.clone(),
+            datatype: first.datatype,
+            shape,
+            data: buf.freeze(),
+        })
+    }
+
+    /// Cuts the tensor along dimension 0 into parts of `rows` rows each
+    /// (which must add up to the first dimension). Fixed-size types share the
+    /// buffer (no copy).
+    pub fn split_rows(&self, rows: &[usize]) -> Result<Vec<Tensor>, TensorError> {
+        let total: usize = rows.iter().sum();
+        let mismatch = || TensorError::SizeMismatch {
+            name: self.name.clone(),
+            datatype: self.datatype,
+            shape: self.shape.clone(),
+            expected: total,
+            actual: self.rows(),
+        };
+        if self.shape.is_empty() || self.rows() != total {
+            return Err(mismatch());
+        }
+        let per_row: usize = self.shape[1..].iter().map(|&d| d as usize).product();
+        // Byte offset where each row starts (fixed size: arithmetic; BYTES: walk).
+        let row_starts: Vec<usize> = match self.datatype.element_size() {
+            Some(size) => (0..=total).map(|r| r * per_row * size).collect(),
+            None => {
+                let mut starts = Vec::with_capacity(total + 1);
+                let mut offset = 0;
+                starts.push(0);
+                let mut elements = self.byte_strings();
+                for _ in 0..total {
+                    for _ in 0..per_row {
+                        let element = elements.next().ok_or_else(mismatch)?;
+                        offset += 4 + element.len();
+                    }
+                    starts.push(offset);
+                }
+                starts
+            }
+        };
+        let mut parts = Vec::with_capacity(rows.len());
+        let mut row = 0;
+        for &count in rows {
+            let mut shape = self.shape.clone();
+            shape[0] = count as i64;
+            parts.push(Tensor {
+                name: self.name.clone(),
+                datatype: self.datatype,
+                shape,
+                data: self.data.slice(row_starts[row]..row_starts[row + count]),
+            });
+            row += count;
+        }
+        Ok(parts)
+    }
+}
+
 /// Iterator over the elements of a `BYTES` buffer that `Tensor::new` has checked.
 pub struct ByteStrings<'a> {
     rest: &'a [u8],
@@ -323,6 +421,28 @@ mod tests {
             Tensor::new("s", DataType::Bytes, vec![1], truncated),
             Err(TensorError::MalformedBytes { offset: 0, .. })
         ));
+    }
+
+    #[test]
+    fn concat_then_split_restores_the_parts() {
+        let a = Tensor::from_slice("x", DataType::Int32, vec![1, 2], &[1i32, 2]).unwrap();
+        let b = Tensor::from_slice("x", DataType::Int32, vec![2, 2], &[3i32, 4, 5, 6]).unwrap();
+        let joined = Tensor::concat_rows(&[&a, &b]).unwrap();
+        assert_eq!(joined.shape(), &[3, 2]);
+        assert_eq!(joined.as_slice::<i32>().as_ref(), &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(joined.split_rows(&[1, 2]).unwrap(), vec![a.clone(), b]);
+        assert!(joined.split_rows(&[1, 1]).is_err());
+        let c = Tensor::from_slice("x", DataType::Int32, vec![1, 3], &[1i32, 2, 3]).unwrap();
+        assert!(Tensor::concat_rows(&[&a, &c]).is_err(), "inner dims differ");
+    }
+
+    #[test]
+    fn byte_strings_split_by_rows() {
+        let a = Tensor::from_byte_strings("s", vec![1, 2], [&b"a"[..], b"bb"]).unwrap();
+        let b =
+            Tensor::from_byte_strings("s", vec![2, 2], [&b""[..], b"ccc", b"d", b"ee"]).unwrap();
+        let joined = Tensor::concat_rows(&[&a, &b]).unwrap();
+        assert_eq!(joined.split_rows(&[1, 2]).unwrap(), vec![a, b]);
     }
 
     #[test]

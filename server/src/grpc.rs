@@ -144,6 +144,24 @@ fn contents_to_bytes(input: &InferInputTensor, datatype: DataType) -> Result<Byt
     Ok(buf.freeze())
 }
 
+fn int_param(
+    parameters: &std::collections::HashMap<String, InferParameter>,
+    key: &str,
+) -> Result<Option<i128>, ApiError> {
+    use switchyard_proto::infer_parameter::ParameterChoice;
+    match parameters
+        .get(key)
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => Ok(None),
+        Some(ParameterChoice::Int64Param(v)) => Ok(Some(i128::from(*v))),
+        Some(ParameterChoice::Uint64Param(v)) => Ok(Some(i128::from(*v))),
+        Some(other) => Err(ApiError::invalid(format!(
+            "request parameter `{key}` must be an integer, got {other:?}"
+        ))),
+    }
+}
+
 /// Decodes a gRPC request, enforcing the all-or-nothing rule for raw contents.
 pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, ApiError> {
     let ModelInferRequest {
@@ -153,7 +171,7 @@ pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, ApiErr
         inputs,
         outputs,
         raw_input_contents,
-        ..
+        parameters,
     } = request;
     let use_raw = !raw_input_contents.is_empty();
     if use_raw && raw_input_contents.len() != inputs.len() {
@@ -202,12 +220,18 @@ pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, ApiErr
         }
         Some(names)
     };
+    let (priority, timeout) = crate::infer::queue_parameters(
+        int_param(&parameters, "priority")?,
+        int_param(&parameters, "timeout")?,
+    )?;
     Ok(InferRequest {
         model: model_name,
         version: version_arg(&model_version).map(str::to_owned),
         id: (!id.is_empty()).then_some(id),
         inputs: tensors,
         outputs,
+        priority,
+        timeout,
     })
 }
 

@@ -21,6 +21,10 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Outputs asked for, by name; `None` = all of the model's outputs.
     pub outputs: Option<Vec<String>>,
+    /// Queue priority, 1 = most urgent (the `priority` parameter; 0 or absent = default).
+    pub priority: Option<u32>,
+    /// The `timeout` parameter (µs): may only shorten the model's default.
+    pub timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -29,6 +33,32 @@ pub struct InferResponse {
     pub model_version: String,
     pub id: Option<String>,
     pub outputs: Vec<Tensor>,
+}
+
+/// Reads the `priority` and `timeout` request parameters (0 means "default").
+pub fn queue_parameters(
+    priority: Option<i128>,
+    timeout_us: Option<i128>,
+) -> Result<(Option<u32>, Option<std::time::Duration>), ApiError> {
+    let priority = match priority {
+        None | Some(0) => None,
+        Some(p) => Some(u32::try_from(p).map_err(|_| {
+            ApiError::invalid(format!(
+                "parameter `priority` must be a small non-negative integer, got {p}"
+            ))
+        })?),
+    };
+    let timeout = match timeout_us {
+        None | Some(0) => None,
+        Some(t) => Some(std::time::Duration::from_micros(u64::try_from(t).map_err(
+            |_| {
+                ApiError::invalid(format!(
+                    "parameter `timeout` must be a non-negative number of microseconds, got {t}"
+                ))
+            },
+        )?)),
+    };
+    Ok((priority, timeout))
 }
 
 /// Checks the request's inputs and requested outputs against the model.
@@ -86,6 +116,21 @@ pub fn validate(model: &ModelVersion, request: &InferRequest) -> Result<(), ApiE
             }
         }
     }
+    if model.config.max_batch_size > 0
+        && let Some(first) = request.inputs.first()
+        && let Some(other) = request
+            .inputs
+            .iter()
+            .find(|t| t.shape().first() != first.shape().first())
+    {
+        return Err(ApiError::invalid(format!(
+            "inputs `{}` and `{}` have different batch dimensions ({:?} vs {:?}); all inputs need the same number of rows",
+            first.name(),
+            other.name(),
+            first.shape().first(),
+            other.shape().first()
+        )));
+    }
     for spec in &signature.inputs {
         if !request.inputs.iter().any(|input| input.name() == spec.name) {
             return Err(ApiError::invalid(format!(
@@ -135,9 +180,11 @@ pub async fn infer(
         id,
         inputs,
         outputs,
+        priority,
+        timeout,
         ..
     } = request;
-    let mut produced = model.infer(inputs).await?;
+    let mut produced = model.infer(inputs, priority, timeout).await?;
     let produced_names: Vec<String> = model
         .signature
         .outputs

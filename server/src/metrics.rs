@@ -14,12 +14,59 @@ const LATENCY_BUCKETS: &[f64] = &[
     2.5, 5.0, 10.0,
 ];
 
+/// Batch sizes in rows.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
     model_ready: IntGaugeVec,
+    queue_depth: IntGaugeVec,
+    queue_time: HistogramVec,
+    compute_time: HistogramVec,
+    batch_size: HistogramVec,
+    rejections: IntCounterVec,
+}
+
+/// One model version's series, resolved once so the hot path does no label lookups.
+#[derive(Clone)]
+pub struct ModelMetrics {
+    queue_depth: prometheus::IntGauge,
+    queue_time: prometheus::Histogram,
+    compute_time: prometheus::Histogram,
+    batch_size: prometheus::Histogram,
+    rejections: IntCounterVec,
+    labels: [String; 2],
+}
+
+impl ModelMetrics {
+    pub fn queue_depth_add(&self, delta: i64) {
+        self.queue_depth.add(delta);
+    }
+
+    pub fn observe_queue_time(&self, waited: Duration) {
+        self.queue_time.observe(waited.as_secs_f64());
+    }
+
+    pub fn observe_compute(&self, took: Duration) {
+        self.compute_time.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_batch(&self, rows: usize) {
+        self.batch_size.observe(rows as f64);
+    }
+
+    /// A request refused or dropped by the queue; `reason` is one of
+    /// `queue_full`, `timeout`, `cancelled`.
+    pub fn rejected(&self, reason: &str) {
+        self.rejections
+            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str(), reason])
+            .inc();
+    }
 }
 
 impl Metrics {
@@ -47,9 +94,52 @@ impl Metrics {
             ),
             &["model", "version"],
         )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_queue_depth",
+                "Requests waiting in the model version's queue.",
+            ),
+            &["model", "version"],
+        )?;
+        let queue_time = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_queue_duration_seconds",
+                "Time requests waited before their batch was formed.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "version"],
+        )?;
+        let compute_time = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_compute_duration_seconds",
+                "Runtime time per batch.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model", "version"],
+        )?;
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_batch_size",
+                "Rows per batch sent to the runtime.",
+            )
+            .buckets(BATCH_BUCKETS.to_vec()),
+            &["model", "version"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "switchyard_queue_rejections_total",
+                "Requests refused or dropped by the queue, by reason (queue_full, timeout, cancelled).",
+            ),
+            &["model", "version", "reason"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(model_ready.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(queue_time.clone()))?;
+        registry.register(Box::new(compute_time.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -59,7 +149,36 @@ impl Metrics {
             requests,
             latency,
             model_ready,
+            queue_depth,
+            queue_time,
+            compute_time,
+            batch_size,
+            rejections,
         })
+    }
+
+    /// The series of one model version.
+    pub fn for_model(&self, model: &str, version: u64) -> ModelMetrics {
+        let version = version.to_string();
+        let labels = [model, version.as_str()];
+        ModelMetrics {
+            queue_depth: self.queue_depth.with_label_values(&labels),
+            queue_time: self.queue_time.with_label_values(&labels),
+            compute_time: self.compute_time.with_label_values(&labels),
+            batch_size: self.batch_size.with_label_values(&labels),
+            rejections: self.rejections.clone(),
+            labels: [model.to_owned(), version],
+        }
+    }
+
+    /// Drops a model version's queue series once it is unloaded.
+    pub fn forget_model(&self, model: &str, version: u64) {
+        let version = version.to_string();
+        let labels = [model, version.as_str()];
+        let _ = self.queue_depth.remove_label_values(&labels);
+        let _ = self.queue_time.remove_label_values(&labels);
+        let _ = self.compute_time.remove_label_values(&labels);
+        let _ = self.batch_size.remove_label_values(&labels);
     }
 
     /// Records one finished inference request. `model`/`version` are empty when

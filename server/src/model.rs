@@ -1,21 +1,22 @@
-//! A loaded model version: its validated config and signature, and the worker
-//! threads that own its runtime instances. Requests reach the workers through
-//! one bounded queue; admission never waits (a full queue is `Overloaded`).
-//! Dropping the last handle closes the queue; workers finish what is queued
-//! and exit, which frees the runtime's memory.
+//! A loaded model version: its validated config and signature, its batcher
+//! (queue, priorities, deadlines, batch forming; see `batcher`), and the
+//! worker threads that own its runtime instances. Runtimes never run on the
+//! async reactor. Dropping the last handle closes the queue; workers finish
+//! what was queued and exit, which frees the runtime's memory.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use switchyard_runtimes::onnx::OnnxRuntime;
 use switchyard_runtimes::{Runtime, RuntimeError, Signature, Tensor};
-use tokio::sync::oneshot;
-use tracing::{debug, error, info};
+use tokio::sync::mpsc;
+use tracing::{error, info};
 
-use crate::error::{ApiError, ErrorKind};
+use crate::batcher::{self, Batch, BatcherHandle, BatcherSettings, Submission};
+use crate::error::ApiError;
+use crate::metrics::{Metrics, ModelMetrics};
 use crate::model_config::{ModelConfig, Platform};
 
 /// File name of the model inside a version folder, per platform.
@@ -25,18 +26,13 @@ pub fn model_file_name(platform: Platform) -> &'static str {
     }
 }
 
-struct Job {
-    inputs: Vec<Tensor>,
-    reply: oneshot::Sender<Result<Vec<Tensor>, RuntimeError>>,
-}
-
 /// A served model version. Cheap to share (`Arc`); the runtime lives on its workers.
 pub struct ModelVersion {
     pub name: String,
     pub version: u64,
     pub config: ModelConfig,
     pub signature: Signature,
-    queue: Sender<Job>,
+    batcher: BatcherHandle,
 }
 
 impl std::fmt::Debug for ModelVersion {
@@ -49,13 +45,15 @@ impl std::fmt::Debug for ModelVersion {
 }
 
 impl ModelVersion {
-    /// Loads `instance_count` runtimes from `version_dir` and starts a worker
-    /// thread for each. Blocking: call from a blocking context.
+    /// Loads `instance_count` runtimes from `version_dir`, starts a worker
+    /// thread for each and the batcher. Blocking: call from a blocking context
+    /// inside the tokio runtime (the batcher is a task).
     pub fn load(
         name: &str,
         version: u64,
         version_dir: &Path,
         config: &ModelConfig,
+        metrics: &Metrics,
     ) -> Result<Arc<Self>, String> {
         let started = Instant::now();
         let file = version_dir.join(model_file_name(config.platform));
@@ -76,22 +74,13 @@ impl ModelVersion {
             .map(|rt| rt.signature().clone())
             .unwrap_or_default();
         let signature = config.resolve_signature(&model_signature)?;
-
-        let (queue, receiver) = crossbeam_channel::bounded::<Job>(config.queue_capacity);
-        for (index, runtime) in runtimes.into_iter().enumerate() {
-            let receiver = receiver.clone();
-            let thread_name = format!("sy-{name}-{version}-{index}");
-            let label = format!("{name}:{version}#{index}");
-            // Not joined: the thread ends by itself once every sender is dropped.
-            std::thread::Builder::new()
-                .name(thread_name)
-                .spawn(move || worker(label, runtime, receiver))
-                .map_err(|err| format!("starting a worker thread: {err}"))?;
-        }
+        let model_metrics = metrics.for_model(name, version);
+        let batcher = Self::start(name, version, config, &signature, runtimes, &model_metrics)?;
         info!(
             model = name,
             version,
             instances = config.instance_count,
+            batching = config.dynamic_batching.is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Model version loaded."
         );
@@ -100,65 +89,108 @@ impl ModelVersion {
             version,
             config: config.clone(),
             signature,
-            queue,
+            batcher,
         }))
     }
 
-    /// Runs one request. Refuses at once when the queue is full.
-    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ApiError> {
-        let (reply, response) = oneshot::channel();
-        match self.queue.try_send(Job { inputs, reply }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(ApiError::new(
-                    ErrorKind::Overloaded,
-                    format!(
-                        "model `{}` version {} is overloaded: its queue of {} requests is full; retry later",
-                        self.name, self.version, self.config.queue_capacity
-                    ),
-                ));
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(ApiError::unavailable(format!(
-                    "model `{}` version {} is shutting down",
-                    self.name, self.version
-                )));
-            }
+    /// Starts the batcher and one worker thread per runtime instance.
+    pub fn start(
+        name: &str,
+        version: u64,
+        config: &ModelConfig,
+        signature: &Signature,
+        runtimes: Vec<Box<dyn Runtime>>,
+        metrics: &ModelMetrics,
+    ) -> Result<BatcherHandle, String> {
+        let input_names: Vec<String> = signature.inputs.iter().map(|s| s.name.clone()).collect();
+        let cut_outputs = config
+            .dynamic_batching
+            .as_ref()
+            .map(|b| {
+                b.padding
+                    .outputs
+                    .iter()
+                    .filter_map(|(output, cut)| {
+                        // The length to keep is the request's own size of that input's padded dim.
+                        let index = input_names.iter().position(|n| *n == cut.length_of)?;
+                        Some((output.clone(), cut.dim, index))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let settings = BatcherSettings {
+            model: name.to_owned(),
+            version,
+            queue: config.queue.clone(),
+            batching: config.dynamic_batching.clone(),
+            max_batch_size: (config.max_batch_size as usize).max(1),
+            instances: runtimes.len(),
+            input_names,
+            cut_outputs,
+        };
+        let (handle, batches) = batcher::spawn(settings, metrics.clone());
+        let batches = Arc::new(Mutex::new(batches));
+        for (index, runtime) in runtimes.into_iter().enumerate() {
+            let batches = batches.clone();
+            let metrics = metrics.clone();
+            let label = format!("{name}:{version}#{index}");
+            // Not joined: the thread ends by itself once the batcher closes the channel.
+            std::thread::Builder::new()
+                .name(format!("sy-{name}-{version}-{index}"))
+                .spawn(move || worker(label, runtime, batches, metrics))
+                .map_err(|err| format!("starting a worker thread: {err}"))?;
         }
-        match response.await {
-            Ok(result) => result.map_err(ApiError::from),
-            Err(_) => Err(ApiError::internal(format!(
-                "model `{}` version {}: the worker stopped before answering",
-                self.name, self.version
-            ))),
-        }
+        Ok(handle)
+    }
+
+    /// Queues one request and waits for its outputs.
+    pub async fn infer(
+        &self,
+        inputs: Vec<Tensor>,
+        priority: Option<u32>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Tensor>, ApiError> {
+        self.batcher
+            .submit(Submission {
+                inputs,
+                priority,
+                timeout,
+            })
+            .await
     }
 
     /// Requests waiting for a worker.
     pub fn queue_depth(&self) -> usize {
-        self.queue.len()
+        self.batcher.queue_depth()
     }
 }
 
-fn worker(label: String, mut runtime: Box<dyn Runtime>, jobs: Receiver<Job>) {
-    while let Ok(job) = jobs.recv() {
-        if job.reply.is_closed() {
-            // The caller went away (disconnect or cancelled call): skip the work.
-            debug!(worker = %label, "Skipped a cancelled request.");
-            continue;
-        }
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.run(&job.inputs)))
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                error!(worker = %label, panic = %what, "Runtime panicked; the request failed, the worker goes on.");
-                Err(RuntimeError::Execution(format!("the runtime panicked: {what}")))
-            });
-        // The caller may have gone meanwhile; nothing to do then.
-        let _ = job.reply.send(result);
+fn worker(
+    label: String,
+    mut runtime: Box<dyn Runtime>,
+    batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
+    metrics: ModelMetrics,
+) {
+    loop {
+        // One worker waits on the channel at a time; the others wait for the lock.
+        let next = match batches.lock() {
+            Ok(mut receiver) => receiver.blocking_recv(),
+            Err(_) => None,
+        };
+        let Some(batch) = next else { break };
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.run(&batch.inputs))).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            error!(worker = %label, panic = %what, "Runtime panicked; the batch failed, the worker goes on.");
+            Err(RuntimeError::Execution(format!("the runtime panicked: {what}")))
+        });
+        let took = started.elapsed();
+        metrics.observe_compute(took);
+        batch.record_compute(took);
+        batch.complete(result.map_err(ApiError::from));
     }
-    debug!(worker = %label, "Worker stopped.");
 }

@@ -2,7 +2,9 @@
 //! serde reads it, and the validated `ModelConfig` the rest of the server uses.
 //! Also reconciles a declared signature with the one read from the model file.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_runtimes::onnx::OnnxOptions;
@@ -84,6 +86,57 @@ struct RawOnnxConfig {
     spinning: Option<bool>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueueConfig {
+    capacity: Option<usize>,
+    priority_levels: Option<u32>,
+    default_priority: Option<u32>,
+    default_timeout_us: Option<u64>,
+    timeout_action: Option<TimeoutAction>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdaptive {
+    latency_budget_us: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPadInput {
+    dim: usize,
+    #[serde(default)]
+    value: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCutOutput {
+    dim: usize,
+    length_of: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPadding {
+    #[serde(default)]
+    inputs: BTreeMap<String, RawPadInput>,
+    #[serde(default)]
+    outputs: BTreeMap<String, RawCutOutput>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatching {
+    max_queue_delay_us: Option<u64>,
+    #[serde(default)]
+    preferred_batch_sizes: Vec<u32>,
+    dispatch_when_idle: Option<bool>,
+    adaptive: Option<RawAdaptive>,
+    padding: Option<RawPadding>,
+}
+
 /// `config.yaml` exactly as written; see `ModelConfig` for meanings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,8 +149,69 @@ struct RawModelConfig {
     outputs: Vec<RawTensorConfig>,
     instance_count: Option<usize>,
     version_policy: Option<VersionPolicy>,
-    queue_capacity: Option<usize>,
+    queue: Option<RawQueueConfig>,
+    dynamic_batching: Option<RawBatching>,
     onnx: Option<RawOnnxConfig>,
+}
+
+/// What happens to a request whose timeout passes while it waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutAction {
+    /// Answer DEADLINE_EXCEEDED / HTTP 504.
+    #[default]
+    Reject,
+    /// Answer as overloaded: RESOURCE_EXHAUSTED / HTTP 429 (clients retry elsewhere).
+    Overloaded,
+}
+
+/// The per-version request queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuePolicy {
+    /// Requests that may wait per priority level before new ones are refused.
+    pub capacity: usize,
+    /// Levels 1..=N; 1 is served first.
+    pub priority_levels: u32,
+    /// Level of requests that name none.
+    pub default_priority: u32,
+    /// Longest a request may wait and run; requests may only ask for less.
+    pub default_timeout: Option<Duration>,
+    pub timeout_action: TimeoutAction,
+}
+
+/// Pad an input along one non-batch dimension so requests of different
+/// lengths can share a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PadInput {
+    pub dim: usize,
+    pub value: f64,
+}
+
+/// Cut an output back along `dim` to the request's own length of an input's padded dim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CutOutput {
+    pub dim: usize,
+    pub length_of: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Padding {
+    pub inputs: BTreeMap<String, PadInput>,
+    pub outputs: BTreeMap<String, CutOutput>,
+}
+
+/// Merging requests into batches (models with `max_batch_size > 0`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchingConfig {
+    /// Longest the oldest request waits for others while every instance is busy.
+    pub max_queue_delay: Duration,
+    /// Batch sizes to cut at when more rows are waiting (ascending).
+    pub preferred_batch_sizes: Vec<u32>,
+    /// Send what is queued at once when an instance is idle (no delay at low load).
+    pub dispatch_when_idle: bool,
+    /// Pick the delay from measured compute times within this latency budget.
+    pub adaptive_latency_budget: Option<Duration>,
+    pub padding: Padding,
 }
 
 /// Runtime platforms a model can name.
@@ -143,8 +257,9 @@ pub struct ModelConfig {
     pub outputs: Vec<TensorSpec>,
     pub instance_count: usize,
     pub version_policy: VersionPolicy,
-    /// Requests that may wait per model version before new ones are refused.
-    pub queue_capacity: usize,
+    pub queue: QueuePolicy,
+    /// `None`: every request runs alone.
+    pub dynamic_batching: Option<BatchingConfig>,
     pub onnx: OnnxOptions,
 }
 
@@ -158,7 +273,14 @@ impl ModelConfig {
             outputs: Vec::new(),
             instance_count: 1,
             version_policy: VersionPolicy::default(),
-            queue_capacity: defaults.queue_capacity,
+            queue: QueuePolicy {
+                capacity: defaults.queue_capacity,
+                priority_levels: 1,
+                default_priority: 1,
+                default_timeout: None,
+                timeout_action: TimeoutAction::Reject,
+            },
+            dynamic_batching: None,
             onnx: defaults.onnx.clone(),
         }
     }
@@ -218,6 +340,35 @@ impl ModelConfig {
         } else {
             reconcile("output", &self.outputs, &model.outputs)?
         };
+        if let Some(batching) = &self.dynamic_batching {
+            for (name, pad) in &batching.padding.inputs {
+                let spec = inputs.iter().find(|s| &s.name == name).ok_or_else(|| {
+                    format!("padding names input `{name}`, which the model does not have")
+                })?;
+                if pad.dim >= spec.shape.len() || spec.shape[pad.dim] >= 0 {
+                    return Err(format!(
+                        "padding for input `{name}`: dim {} of shape {:?} is not a variable dimension",
+                        pad.dim, spec.shape
+                    ));
+                }
+                if spec.datatype == DataType::Bytes {
+                    return Err(format!(
+                        "padding for input `{name}`: BYTES inputs cannot be padded"
+                    ));
+                }
+            }
+            for (name, cut) in &batching.padding.outputs {
+                let spec = outputs.iter().find(|s| &s.name == name).ok_or_else(|| {
+                    format!("padding names output `{name}`, which the model does not have")
+                })?;
+                if cut.dim >= spec.shape.len() {
+                    return Err(format!(
+                        "padding for output `{name}`: dim {} is past its shape {:?}",
+                        cut.dim, spec.shape
+                    ));
+                }
+            }
+        }
         if self.max_batch_size > 0 {
             for spec in inputs.iter().chain(&outputs) {
                 if spec.shape.first().is_none_or(|&d| d >= 0) {
@@ -285,10 +436,40 @@ impl RawModelConfig {
                 "instance_count must be between 1 and {MAX_INSTANCES}, got {instance_count}"
             ));
         }
-        let queue_capacity = self.queue_capacity.unwrap_or(defaults.queue_capacity);
-        if queue_capacity == 0 {
-            return Err("queue_capacity must be at least 1".to_owned());
+        let raw_queue = self.queue.unwrap_or_default();
+        let queue = QueuePolicy {
+            capacity: raw_queue.capacity.unwrap_or(defaults.queue_capacity),
+            priority_levels: raw_queue.priority_levels.unwrap_or(1),
+            default_priority: raw_queue.default_priority.unwrap_or(1),
+            default_timeout: raw_queue
+                .default_timeout_us
+                .filter(|&us| us > 0)
+                .map(Duration::from_micros),
+            timeout_action: raw_queue.timeout_action.unwrap_or_default(),
+        };
+        if queue.capacity == 0 {
+            return Err("queue.capacity must be at least 1".to_owned());
         }
+        if !(1..=16).contains(&queue.priority_levels) {
+            return Err(format!(
+                "queue.priority_levels must be 1 to 16, got {}",
+                queue.priority_levels
+            ));
+        }
+        if !(1..=queue.priority_levels).contains(&queue.default_priority) {
+            return Err(format!(
+                "queue.default_priority must be 1 to {} (priority_levels), got {}",
+                queue.priority_levels, queue.default_priority
+            ));
+        }
+        let max_batch_size = self.max_batch_size.unwrap_or(0);
+        let dynamic_batching = match self.dynamic_batching {
+            None => None,
+            Some(_) if max_batch_size == 0 => {
+                return Err("dynamic_batching needs max_batch_size > 0".to_owned());
+            }
+            Some(raw) => Some(raw.validate(max_batch_size)?),
+        };
         let version_policy = self.version_policy.unwrap_or_default();
         if matches!(version_policy, VersionPolicy::Latest(0)) {
             return Err("version_policy latest must be at least 1".to_owned());
@@ -310,12 +491,13 @@ impl RawModelConfig {
         };
         let mut config = ModelConfig {
             platform,
-            max_batch_size: self.max_batch_size.unwrap_or(0),
+            max_batch_size,
             inputs: Vec::new(),
             outputs: Vec::new(),
             instance_count,
             version_policy,
-            queue_capacity,
+            queue,
+            dynamic_batching,
             onnx,
         };
         let mut seen = std::collections::HashSet::new();
@@ -343,6 +525,84 @@ impl RawModelConfig {
             }
         }
         Ok(config)
+    }
+}
+
+impl RawBatching {
+    fn validate(self, max_batch_size: u32) -> Result<BatchingConfig, String> {
+        let mut preferred = self.preferred_batch_sizes;
+        preferred.sort_unstable();
+        preferred.dedup();
+        if let Some(&bad) = preferred.iter().find(|&&p| p == 0 || p > max_batch_size) {
+            return Err(format!(
+                "dynamic_batching.preferred_batch_sizes: {bad} is not between 1 and max_batch_size {max_batch_size}"
+            ));
+        }
+        let padding = self.padding.unwrap_or_default();
+        for (name, pad) in &padding.inputs {
+            if pad.dim == 0 {
+                return Err(format!(
+                    "padding for input `{name}`: dim 0 is the batch dimension; pad a later one"
+                ));
+            }
+        }
+        for (name, cut) in &padding.outputs {
+            if cut.dim == 0 {
+                return Err(format!(
+                    "padding for output `{name}`: dim 0 is the batch dimension"
+                ));
+            }
+            if !padding.inputs.contains_key(&cut.length_of) {
+                return Err(format!(
+                    "padding for output `{name}`: length_of names `{}`, which is not a padded input",
+                    cut.length_of
+                ));
+            }
+        }
+        Ok(BatchingConfig {
+            max_queue_delay: Duration::from_micros(self.max_queue_delay_us.unwrap_or(100)),
+            preferred_batch_sizes: preferred,
+            dispatch_when_idle: self.dispatch_when_idle.unwrap_or(true),
+            adaptive_latency_budget: match self.adaptive {
+                Some(RawAdaptive {
+                    latency_budget_us: 0,
+                }) => {
+                    return Err(
+                        "dynamic_batching.adaptive.latency_budget_us must be positive".to_owned(),
+                    );
+                }
+                Some(a) => Some(Duration::from_micros(a.latency_budget_us)),
+                None => None,
+            },
+            padding: Padding {
+                inputs: padding
+                    .inputs
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k,
+                            PadInput {
+                                dim: v.dim,
+                                value: v.value,
+                            },
+                        )
+                    })
+                    .collect(),
+                outputs: padding
+                    .outputs
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k,
+                            CutOutput {
+                                dim: v.dim,
+                                length_of: v.length_of,
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+        })
     }
 }
 
@@ -383,6 +643,54 @@ onnx: {intra_op_threads: 2}
         assert_eq!(config.version_policy, VersionPolicy::Latest(2));
         assert_eq!(config.onnx.intra_op_threads, 2);
         assert_eq!(config.onnx.inter_op_threads, 1);
+        assert!(config.dynamic_batching.is_none());
+    }
+
+    #[test]
+    fn batching_and_queue_sections_parse_and_validate() {
+        let text = r#"
+max_batch_size: 32
+queue: {capacity: 8, priority_levels: 2, default_priority: 2, default_timeout_us: 5000, timeout_action: overloaded}
+dynamic_batching:
+  max_queue_delay_us: 250
+  preferred_batch_sizes: [16, 8]
+  adaptive: {latency_budget_us: 10000}
+  padding:
+    inputs: {ids: {dim: 1, value: 0}}
+    outputs: {logits: {dim: 1, length_of: ids}}
+"#;
+        let config = ModelConfig::parse(text, &defaults()).unwrap();
+        assert_eq!(config.queue.capacity, 8);
+        assert_eq!(
+            config.queue.default_timeout,
+            Some(Duration::from_micros(5000))
+        );
+        assert_eq!(config.queue.timeout_action, TimeoutAction::Overloaded);
+        let batching = config.dynamic_batching.unwrap();
+        assert_eq!(batching.max_queue_delay, Duration::from_micros(250));
+        assert_eq!(batching.preferred_batch_sizes, vec![8, 16]);
+        assert!(batching.dispatch_when_idle);
+        assert_eq!(batching.padding.inputs["ids"].dim, 1);
+
+        for (bad, expected) in [
+            ("dynamic_batching: {}", "needs max_batch_size > 0"),
+            (
+                "max_batch_size: 4\ndynamic_batching: {preferred_batch_sizes: [8]}",
+                "preferred_batch_sizes",
+            ),
+            (
+                "queue: {priority_levels: 2, default_priority: 3}",
+                "default_priority",
+            ),
+            ("queue: {capacity: 0}", "queue.capacity"),
+            (
+                "max_batch_size: 4\ndynamic_batching: {padding: {outputs: {y: {dim: 1, length_of: x}}}}",
+                "not a padded input",
+            ),
+        ] {
+            let err = ModelConfig::parse(bad, &defaults()).unwrap_err();
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
     }
 
     #[test]

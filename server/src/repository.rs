@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use crate::catalog::ModelEntry;
+use crate::metrics::Metrics;
 use crate::model::{ModelVersion, model_file_name};
 use crate::model_config::{ConfigDefaults, ModelConfig};
 
@@ -76,7 +77,7 @@ impl Repository {
 
     /// Loads every version of `name` its policy selects. Blocking. Failures are
     /// recorded in the entry (per version, or for the whole model), never panics.
-    pub fn load_model(&self, name: &str) -> ModelEntry {
+    pub fn load_model(&self, name: &str, metrics: &Metrics) -> ModelEntry {
         let dir = self.root.join(name);
         if !self.contains(name) {
             return ModelEntry::failed(format!(
@@ -105,7 +106,7 @@ impl Repository {
             let Some(version_dir) = present.get(&version) else {
                 continue;
             };
-            match ModelVersion::load(name, version, version_dir, &config) {
+            match ModelVersion::load(name, version, version_dir, &config, metrics) {
                 Ok(loaded) => {
                     entry.versions.insert(version, loaded);
                 }

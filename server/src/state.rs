@@ -131,8 +131,9 @@ impl AppState {
     async fn load_entry(self: &Arc<Self>, name: &str) -> Result<ModelEntry, ApiError> {
         let _guard = self.control.lock().await;
         let repository = self.repository.clone();
+        let metrics = self.metrics.clone();
         let owned = name.to_owned();
-        let entry = tokio::task::spawn_blocking(move || repository.load_model(&owned))
+        let entry = tokio::task::spawn_blocking(move || repository.load_model(&owned, &metrics))
             .await
             .map_err(|err| ApiError::internal(format!("loading model `{name}` failed: {err}")))?;
         // A load that failed entirely keeps what was serving (the old versions).

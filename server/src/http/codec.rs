@@ -88,6 +88,22 @@ fn bool_param(
     }
 }
 
+fn int_param(params: &Option<Map<String, Value>>, key: &str) -> Result<Option<i128>, ApiError> {
+    match params.as_ref().and_then(|p| p.get(key)) {
+        None => Ok(None),
+        Some(value) => value
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| value.as_u64().map(i128::from))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "request parameter `{key}` must be an integer, got {value}"
+                ))
+            }),
+    }
+}
+
 /// Decodes a request body. `header_length` is the binary extension's
 /// `Inference-Header-Content-Length`, when given.
 pub fn decode_request(
@@ -187,6 +203,10 @@ pub fn decode_request(
             Some(names)
         }
     };
+    let (priority, timeout) = crate::infer::queue_parameters(
+        int_param(&parsed.parameters, "priority")?,
+        int_param(&parsed.parameters, "timeout")?,
+    )?;
     Ok(HttpInferRequest {
         request: InferRequest {
             model: model.to_owned(),
@@ -194,6 +214,8 @@ pub fn decode_request(
             id: parsed.id,
             inputs,
             outputs,
+            priority,
+            timeout,
         },
         binary: BinaryPrefs {
             default: binary_output_default,
