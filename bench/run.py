@@ -120,17 +120,36 @@ def spawn(name: str, cmd: list[str], core: int, env: dict | None = None, cwd: Pa
     return process, log
 
 
-def start_switchyard(core: int, extra: list[str]) -> Server:
+BATCHING_CONFIG = """\
+max_batch_size: 128
+dynamic_batching: {max_queue_delay_us: 500, preferred_batch_sizes: [32, 64, 128]}
+"""
+
+
+def batching_repository() -> Path:
+    """The bundled mlp with dynamic batching switched on, in a repository of its own."""
+    repo = CACHE / "repo-batching"
+    version = repo / "mlp" / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    link = version / "model.onnx"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(MODEL)
+    (repo / "mlp" / "config.yaml").write_text(BATCHING_CONFIG)
+    return repo
+
+
+def start_switchyard(core: int, extra: list[str], repository: Path | None = None, name: str = "switchyard") -> Server:
     http, grpc, metrics = free_port(), free_port(), free_port()
     process, log = spawn(
-        "switchyard",
-        [str(RELEASE / "switchyard"), "--model-repository", str(REPO / "models"),
+        name,
+        [str(RELEASE / "switchyard"), "--model-repository", str(repository or REPO / "models"),
          "--http-addr", f"127.0.0.1:{http}", "--grpc-addr", f"127.0.0.1:{grpc}",
          "--metrics-addr", f"127.0.0.1:{metrics}", "--log", "warn", *extra],
         core,
     )
     wait_http_ready(http, "/v2/health/ready", 60)
-    return Server("switchyard", process, http, grpc, log)
+    return Server(name, process, http, grpc, log)
 
 
 def ensure_venv(name: str) -> Path:
@@ -246,14 +265,16 @@ def markdown(rows: list[Row], raw: list[dict]) -> str:
                   "| batch | p50 ms | p99 ms | rows/s |", "|---:|---:|---:|---:|"]
         lines += [f"| {r['batch']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['rows_per_s']:.0f} |" for r in raw]
         lines.append("")
-    lines += ["| server | protocol | conc. | req/s | p50 ms | p99 ms | server CPU µs/req | errors | Switchyard ÷ peer (CPU/req) | req/s ÷ raw b1 | req/s ÷ best raw |",
+    lines += ["| server | protocol | conc. | req/s | p50 ms | p99 ms | server CPU µs/req | errors | CPU/req: Switchyard ÷ peer (plain, batched) | req/s ÷ raw b1 | req/s ÷ best raw |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    ours = {(r.protocol, r.concurrency): r for r in rows if r.server == "switchyard"}
+    plain = {(r.protocol, r.concurrency): r for r in rows if r.server == "switchyard"}
+    batched = {(r.protocol, r.concurrency): r for r in rows if r.server == "switchyard+batching"}
     for r in rows:
         ratio = ""
-        mine = ours.get((r.protocol, r.concurrency))
-        if r.server != "switchyard" and mine and r.cpu_us_per_request:
-            ratio = f"{mine.cpu_us_per_request / r.cpu_us_per_request:.3f}"
+        if not r.server.startswith("switchyard") and r.cpu_us_per_request:
+            parts = [f"{ours[(r.protocol, r.concurrency)].cpu_us_per_request / r.cpu_us_per_request:.3f}"
+                     if (r.protocol, r.concurrency) in ours else "–" for ours in (plain, batched)]
+            ratio = ", ".join(parts)
         vs_raw = f"{r.rps / raw_b1['rows_per_s']:.2f}" if raw_b1 else ""
         vs_best = f"{r.rps / best_raw['rows_per_s']:.2f}" if best_raw else ""
         errors = f"{r.errors}" + (f" {r.error_kinds}" if r.errors else "")
@@ -271,7 +292,9 @@ def main() -> int:
     parser.add_argument("--peer-protocols", default="http-json,grpc")
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
-    parser.add_argument("--switchyard-args", default="", help="extra flags for switchyard, e.g. batching")
+    parser.add_argument("--switchyard-args", default="", help="extra flags for switchyard")
+    parser.add_argument("--batching", choices=["off", "on", "both"], default="both",
+                        help="Switchyard without and/or with dynamic batching (max 128, 500 µs)")
     args = parser.parse_args()
 
     concurrencies = [int(c) for c in args.concurrency.split(",") if c]
@@ -279,7 +302,14 @@ def main() -> int:
     rows: list[Row] = []
     raw = raw_ceiling(args.server_core, threads=1)
 
-    servers = [("switchyard", lambda: start_switchyard(args.server_core, args.switchyard_args.split()), args.protocols)]
+    extra = args.switchyard_args.split()
+    servers = []
+    if args.batching in ("off", "both"):
+        servers.append(("switchyard", lambda: start_switchyard(args.server_core, extra), args.protocols))
+    if args.batching in ("on", "both"):
+        servers.append(("switchyard+batching",
+                        lambda: start_switchyard(args.server_core, extra, batching_repository(), "switchyard+batching"),
+                        args.protocols))
     starters = {"mlserver": start_mlserver, "kserve": start_kserve}
     for peer in [p for p in args.peers.split(",") if p]:
         servers.append((peer, lambda peer=peer: starters[peer](args.server_core), args.peer_protocols))

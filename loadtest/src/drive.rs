@@ -114,7 +114,7 @@ fn record(
     let offset = now.saturating_duration_since(shared.measure_start);
     match result {
         Ok(()) => recorder.ok(now - scheduled, offset),
-        Err(kind) => recorder.error(&kind, offset),
+        Err(kind) => recorder.error(&kind, now - scheduled, offset),
     }
     shared.finished();
 }

@@ -334,11 +334,14 @@ async fn run(args: Args) -> Result<()> {
         std::fs::write(path, report::html(&summary, &label))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+    let text = if args.json {
+        format!("{}\n", serde_json::to_string(&summary)?)
     } else {
-        print!("{}", report::text(&summary, &label));
-    }
+        report::text(&summary, &label)
+    };
+    // A closed pipe (the reader went away) is an error to report, not a panic.
+    std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())
+        .context("writing the summary")?;
     Ok(())
 }
 

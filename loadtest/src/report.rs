@@ -27,6 +27,14 @@ pub fn text(summary: &Summary, label: &str) -> String {
     for (kind, count) in &summary.errors_by_kind {
         let _ = writeln!(out, "  error {kind}: {count}");
     }
+    if summary.errors > 0 {
+        let e = &summary.error_latency_ms;
+        let _ = writeln!(
+            out,
+            "  error latency ms: p50 {:.3}  p99 {:.3}  max {:.3}",
+            e.p50, e.p99, e.max
+        );
+    }
     out
 }
 
@@ -190,7 +198,11 @@ mod tests {
                 Duration::from_millis(i * 20),
             );
         }
-        r.error("http_429", Duration::from_millis(5));
+        r.error(
+            "http_429",
+            Duration::from_micros(80),
+            Duration::from_millis(5),
+        );
         let page = html(&r.summary(Duration::from_secs(2), 0.1), "mlp <grpc>");
         assert_eq!(page.matches("<svg").count(), 3);
         assert!(page.contains("mlp &lt;grpc&gt;"));

@@ -43,6 +43,8 @@ impl Default for Second {
 #[derive(Debug, Clone)]
 pub struct Recorder {
     latency: Histogram<u64>,
+    /// How fast failures come back (a refusal should be quick).
+    error_latency: Histogram<u64>,
     seconds: Vec<Second>,
     errors: BTreeMap<String, u64>,
     ok: u64,
@@ -52,6 +54,7 @@ impl Default for Recorder {
     fn default() -> Self {
         Recorder {
             latency: histogram(),
+            error_latency: histogram(),
             seconds: Vec::new(),
             errors: BTreeMap::new(),
             ok: 0,
@@ -81,13 +84,15 @@ impl Recorder {
         self.ok += 1;
     }
 
-    pub fn error(&mut self, kind: &str, offset: Duration) {
+    pub fn error(&mut self, kind: &str, latency: Duration, offset: Duration) {
+        let _ = self.error_latency.record(micros(latency));
         *self.errors.entry(kind.to_owned()).or_default() += 1;
         self.second(offset).errors += 1;
     }
 
     pub fn merge(&mut self, other: &Recorder) {
         let _ = self.latency.add(&other.latency);
+        let _ = self.error_latency.add(&other.error_latency);
         if self.seconds.len() < other.seconds.len() {
             self.seconds
                 .resize_with(other.seconds.len(), Second::default);
@@ -145,6 +150,11 @@ impl Recorder {
                     self.latency.mean() / 1000.0
                 },
             },
+            error_latency_ms: ErrorLatency {
+                p50: quantile_ms(&self.error_latency, 0.5),
+                p99: quantile_ms(&self.error_latency, 0.99),
+                max: quantile_ms(&self.error_latency, 1.0),
+            },
             client_cpu_s: client_cpu_seconds,
             client_cpu_us_per_request: if total == 0 {
                 0.0
@@ -189,6 +199,22 @@ pub struct Percentiles {
     pub mean: f64,
 }
 
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Latency of failed requests (time to the error answer).
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorLatency {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TimelinePoint {
     pub second: u64,
@@ -208,6 +234,7 @@ pub struct Summary {
     pub elapsed_s: f64,
     pub throughput_rps: f64,
     pub latency_ms: Percentiles,
+    pub error_latency_ms: ErrorLatency,
     pub client_cpu_s: f64,
     pub client_cpu_us_per_request: f64,
     pub timeline: Vec<TimelinePoint>,
@@ -247,12 +274,17 @@ mod tests {
         let mut b = Recorder::default();
         a.ok(Duration::from_micros(100), Duration::from_millis(10));
         b.ok(Duration::from_micros(300), Duration::from_millis(1500));
-        b.error("http_503", Duration::from_millis(1600));
+        b.error(
+            "http_503",
+            Duration::from_micros(200),
+            Duration::from_millis(1600),
+        );
         a.merge(&b);
         assert_eq!(a.ok_count(), 2);
         assert_eq!(a.error_count(), 1);
         let s = a.summary(Duration::from_secs(2), 0.0);
         assert_eq!(s.errors_by_kind.get("http_503"), Some(&1));
+        assert!((s.error_latency_ms.p99 - 0.2).abs() < 0.001);
         assert_eq!(s.timeline.len(), 2);
         assert_eq!(
             (s.timeline[0].ok, s.timeline[1].ok, s.timeline[1].errors),
