@@ -100,7 +100,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BatchTiming>, String> {
     switchyard_runtimes::onnx::init(args.onnxruntime_library.as_deref())
         .map_err(|e| e.to_string())?;
     let model_dir = args.model_repository.join(&args.model);
-    let config = ModelConfig::load(
+    let (config, _) = ModelConfig::load(
         &model_dir,
         &crate::model_config::ConfigDefaults {
             queue_capacity: 1,

@@ -12,6 +12,7 @@ pub mod infer;
 pub mod metrics;
 pub mod model;
 pub mod model_config;
+pub mod pbtxt;
 pub mod repository;
 pub mod state;
 

@@ -285,15 +285,31 @@ impl ModelConfig {
         }
     }
 
-    /// Reads and validates `<model_dir>/config.yaml`, or derives one when absent.
-    pub fn load(model_dir: &Path, defaults: &ConfigDefaults) -> Result<Self, String> {
-        let path = model_dir.join("config.yaml");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                Self::parse(&text, defaults).map_err(|err| format!("{}: {err}", path.display()))
+    /// Reads and validates `<model_dir>/config.yaml`, else Triton's
+    /// `config.pbtxt`, else derives one. Returns warnings about fields that
+    /// have no effect.
+    pub fn load(model_dir: &Path, defaults: &ConfigDefaults) -> Result<(Self, Vec<String>), String> {
+        let read = |name: &str| -> Result<Option<String>, String> {
+            let path = model_dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Ok(Some(text)),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(err) => Err(format!("{}: {err}", path.display())),
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Self::derived(defaults)),
-            Err(err) => Err(format!("{}: {err}", path.display())),
+        };
+        let model_name = model_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        match (read("config.yaml")?, read("config.pbtxt")?) {
+            (Some(yaml), pbtxt) => {
+                let config = Self::parse(&yaml, defaults)
+                    .map_err(|err| format!("{}: {err}", model_dir.join("config.yaml").display()))?;
+                let warnings = pbtxt
+                    .map(|_| vec!["config.pbtxt is ignored because config.yaml is present".to_owned()])
+                    .unwrap_or_default();
+                Ok((config, warnings))
+            }
+            (None, Some(pbtxt)) => from_triton(&pbtxt, model_name, defaults)
+                .map_err(|err| format!("{}: {err}", model_dir.join("config.pbtxt").display())),
+            (None, None) => Ok((Self::derived(defaults), Vec::new())),
         }
     }
 
@@ -528,6 +544,200 @@ impl RawModelConfig {
     }
 }
 
+/// Reads Triton's `config.pbtxt`. Returns the config and one warning per
+/// field Switchyard does not act on (never silently ignored).
+pub fn from_triton(
+    text: &str,
+    model_name: &str,
+    defaults: &ConfigDefaults,
+) -> Result<(ModelConfig, Vec<String>), String> {
+    use crate::pbtxt::{Message, Value};
+    let root = crate::pbtxt::parse(text).map_err(|err| format!("config.pbtxt {err}"))?;
+    let mut warnings = Vec::new();
+    let mut raw = RawModelConfig::default();
+    let text_of = |v: &Value| v.as_text().map(str::to_owned);
+    let int_of = |v: &Value, field: &str| {
+        v.as_i64()
+            .ok_or_else(|| format!("config.pbtxt: `{field}` must be an integer"))
+    };
+    let tensors = |kind: &str,
+                   values: Vec<&Value>,
+                   warnings: &mut Vec<String>|
+     -> Result<Vec<RawTensorConfig>, String> {
+        values
+            .into_iter()
+            .map(|value| {
+                let m = value
+                    .as_message()
+                    .ok_or_else(|| format!("config.pbtxt: `{kind}` must be a message"))?;
+                let mut name = None;
+                let mut datatype = None;
+                let mut dims = Vec::new();
+                for (field, v) in &m.fields {
+                    match field.as_str() {
+                        "name" => name = text_of(v),
+                        "data_type" => {
+                            let t = v.as_text().unwrap_or_default();
+                            datatype = Some(
+                                t.parse::<DataType>()
+                                    .map_err(|e| format!("config.pbtxt: {kind}: {e}"))?,
+                            );
+                        }
+                        "dims" => dims.push(int_of(v, "dims")?),
+                        other => warnings
+                            .push(format!("{kind}.{other} is not supported and has no effect")),
+                    }
+                }
+                Ok(RawTensorConfig {
+                    name: name.ok_or_else(|| format!("config.pbtxt: an {kind} has no name"))?,
+                    datatype: datatype
+                        .ok_or_else(|| format!("config.pbtxt: an {kind} has no data_type"))?,
+                    dims,
+                })
+            })
+            .collect()
+    };
+    let mut instance_count: Option<usize> = None;
+    for (field, value) in &root.fields {
+        match field.as_str() {
+            "name" => {
+                if value.as_text() != Some(model_name) {
+                    warnings.push(format!(
+                        "name {:?} differs from the folder name `{model_name}`; the folder name is used",
+                        value.as_text().unwrap_or_default()
+                    ));
+                }
+            }
+            "platform" | "backend" => {
+                let name = value.as_text().unwrap_or_default();
+                let platform = match name {
+                    "onnxruntime" => "onnxruntime_onnx",
+                    other => other,
+                };
+                Platform::parse(platform)?;
+                raw.platform = Some(platform.to_owned());
+            }
+            "max_batch_size" => {
+                raw.max_batch_size =
+                    Some(u32::try_from(int_of(value, field)?).map_err(|_| {
+                        "config.pbtxt: max_batch_size must not be negative".to_owned()
+                    })?)
+            }
+            "input" => raw
+                .inputs
+                .extend(tensors("input", vec![value], &mut warnings)?),
+            "output" => raw
+                .outputs
+                .extend(tensors("output", vec![value], &mut warnings)?),
+            "instance_group" => {
+                let m = value
+                    .as_message()
+                    .ok_or("config.pbtxt: instance_group must be a message")?;
+                let mut count = 1;
+                for (f, v) in &m.fields {
+                    match f.as_str() {
+                        "count" => count = int_of(v, "instance_group.count")?.max(0) as usize,
+                        "kind"
+                            if v.as_text() == Some("KIND_CPU")
+                                || v.as_text() == Some("KIND_AUTO") => {}
+                        "kind" => warnings.push(format!(
+                            "instance_group.kind {} is not supported; instances run on the CPU",
+                            v.as_text().unwrap_or_default()
+                        )),
+                        "name" => {}
+                        other => warnings.push(format!(
+                            "instance_group.{other} is not supported and has no effect"
+                        )),
+                    }
+                }
+                instance_count = Some(instance_count.unwrap_or(0) + count);
+            }
+            "version_policy" => {
+                let m = value
+                    .as_message()
+                    .ok_or("config.pbtxt: version_policy must be a message")?;
+                raw.version_policy = Some(
+                    if let Some(latest) = m.first("latest").and_then(Value::as_message) {
+                        VersionPolicy::Latest(
+                            latest
+                                .first("num_versions")
+                                .and_then(Value::as_i64)
+                                .unwrap_or(1)
+                                .max(0) as usize,
+                        )
+                    } else if m.first("all").is_some() {
+                        VersionPolicy::All
+                    } else if let Some(specific) = m.first("specific").and_then(Value::as_message) {
+                        VersionPolicy::Specific(
+                            specific
+                                .all("versions")
+                                .filter_map(Value::as_i64)
+                                .map(|v| v.max(0) as u64)
+                                .collect(),
+                        )
+                    } else {
+                        return Err(
+                            "config.pbtxt: version_policy needs latest, all or specific".to_owned()
+                        );
+                    },
+                );
+            }
+            "dynamic_batching" => {
+                let m = value
+                    .as_message()
+                    .ok_or("config.pbtxt: dynamic_batching must be a message")?;
+                let mut batching = RawBatching::default();
+                let mut queue = RawQueueConfig::default();
+                for (f, v) in &m.fields {
+                    match f.as_str() {
+                        "preferred_batch_size" => batching
+                            .preferred_batch_sizes
+                            .push(int_of(v, f)?.max(0) as u32),
+                        "max_queue_delay_microseconds" => {
+                            batching.max_queue_delay_us = Some(int_of(v, f)?.max(0) as u64)
+                        }
+                        "priority_levels" => {
+                            queue.priority_levels = Some(int_of(v, f)?.max(0) as u32)
+                        }
+                        "default_priority_level" => {
+                            queue.default_priority = Some(int_of(v, f)?.max(0) as u32)
+                        }
+                        "default_queue_policy" => {
+                            let policy: &Message = v
+                                .as_message()
+                                .ok_or("config.pbtxt: default_queue_policy must be a message")?;
+                            for (pf, pv) in &policy.fields {
+                                match pf.as_str() {
+                                    "max_queue_size" => {
+                                        let size = int_of(pv, pf)?;
+                                        if size > 0 {
+                                            queue.capacity = Some(size as usize);
+                                        }
+                                    }
+                                    "default_timeout_microseconds" => queue.default_timeout_us = Some(int_of(pv, pf)?.max(0) as u64),
+                                    "timeout_action" if pv.as_text() == Some("REJECT") => queue.timeout_action = Some(TimeoutAction::Reject),
+                                    "timeout_action" => warnings.push("default_queue_policy.timeout_action DELAY is not supported; timed-out requests are rejected".to_owned()),
+                                    "allow_timeout_override" => {}
+                                    other => warnings.push(format!("default_queue_policy.{other} is not supported and has no effect")),
+                                }
+                            }
+                        }
+                        other => warnings.push(format!(
+                            "dynamic_batching.{other} is not supported and has no effect"
+                        )),
+                    }
+                }
+                raw.dynamic_batching = Some(batching);
+                raw.queue = Some(queue);
+            }
+            other => warnings.push(format!("{other} is not supported and has no effect")),
+        }
+    }
+    raw.instance_count = instance_count;
+    let config = raw.validate(defaults)?;
+    Ok((config, warnings))
+}
+
 impl RawBatching {
     fn validate(self, max_batch_size: u32) -> Result<BatchingConfig, String> {
         let mut preferred = self.preferred_batch_sizes;
@@ -706,6 +916,44 @@ dynamic_batching:
         .unwrap_err();
         assert!(err.contains("unknown datatype `FLOAT`"), "{err}");
         let err = ModelConfig::parse("platform: tensorflow", &defaults()).unwrap_err();
+        assert!(err.contains("unknown platform"), "{err}");
+    }
+
+    #[test]
+    fn triton_config_maps_supported_fields_and_warns_about_the_rest() {
+        let text = r#"
+name: "resnet"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "input" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "probabilities" data_type: TYPE_FP32 dims: [ 3 ] } ]
+instance_group [ { count: 2 kind: KIND_GPU } ]
+version_policy { latest { num_versions: 2 } }
+dynamic_batching {
+  preferred_batch_size: [ 4 ]
+  max_queue_delay_microseconds: 300
+  default_queue_policy { max_queue_size: 16 default_timeout_microseconds: 2000 }
+}
+optimization { execution_accelerators { } }
+"#;
+        let (config, warnings) = from_triton(text, "iris", &defaults()).unwrap();
+        assert_eq!(config.max_batch_size, 8);
+        assert_eq!(config.inputs[0].shape, vec![-1, 4]);
+        assert_eq!(config.instance_count, 2);
+        assert_eq!(config.version_policy, VersionPolicy::Latest(2));
+        assert_eq!(config.queue.capacity, 16);
+        assert_eq!(
+            config.queue.default_timeout,
+            Some(Duration::from_micros(2000))
+        );
+        let batching = config.dynamic_batching.unwrap();
+        assert_eq!(batching.preferred_batch_sizes, vec![4]);
+        assert_eq!(batching.max_queue_delay, Duration::from_micros(300));
+        let all = warnings.join("\n");
+        assert!(all.contains("name \"resnet\" differs"), "{all}");
+        assert!(all.contains("KIND_GPU"), "{all}");
+        assert!(all.contains("optimization is not supported"), "{all}");
+        let err = from_triton("platform: \"tensorflow_savedmodel\"", "m", &defaults()).unwrap_err();
         assert!(err.contains("unknown platform"), "{err}");
     }
 

@@ -62,7 +62,10 @@ impl Repository {
             if !path.is_dir() || !valid_model_name(&name) {
                 continue;
             }
-            if path.join("config.yaml").is_file() || !version_dirs(&path).is_empty() {
+            if path.join("config.yaml").is_file()
+                || path.join("config.pbtxt").is_file()
+                || !version_dirs(&path).is_empty()
+            {
                 names.push(name);
             }
         }
@@ -86,7 +89,12 @@ impl Repository {
             ));
         }
         let config = match ModelConfig::load(&dir, &self.defaults) {
-            Ok(config) => config,
+            Ok((config, warnings)) => {
+                for warning in warnings {
+                    warn!(model = name, %warning, "Model configuration field has no effect.");
+                }
+                config
+            }
             Err(err) => return ModelEntry::failed(err),
         };
         let present = version_dirs(&dir);
