@@ -1,0 +1,42 @@
+"""Tests of the benchmark harness's own arithmetic (bench/run.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import run as bench  # noqa: E402
+
+
+def test_parse_stat_handles_spaces_and_parens_in_the_command_name():
+    line = "4242 (my (odd) server) S 17 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1 2 3"
+    ppid, seconds = bench.parse_stat(line)
+    assert ppid == 17
+    assert seconds == (250 + 50) / bench.CLK_TCK
+
+
+def test_tree_cpu_includes_this_process():
+    assert bench.tree_cpu_seconds(os.getpid()) >= 0.0
+    assert bench.tree_cpu_seconds(2**22 + 12345) == 0.0  # no such process
+
+
+def row(server, protocol, concurrency, rps, cpu):
+    return bench.Row(server=server, protocol=protocol, concurrency=concurrency, rps=rps, p50_ms=1.0, p99_ms=2.0,
+                     cpu_us_per_request=cpu, errors=0)
+
+
+def test_table_ratios_are_computed_per_protocol_and_concurrency():
+    raw = [{"batch": 1, "p50_ms": 0.07, "p99_ms": 0.1, "rows_per_s": 10000.0},
+           {"batch": 32, "p50_ms": 0.8, "p99_ms": 1.0, "rows_per_s": 40000.0}]
+    rows = [row("switchyard", "grpc", 64, 5000, 100), row("switchyard+batching", "grpc", 64, 20000, 50),
+            row("mlserver", "grpc", 64, 1000, 500), row("mlserver", "http-json", 64, 1000, 400)]
+    table = bench.markdown(rows, raw)
+    mlserver_grpc = next(line for line in table.splitlines() if line.startswith("| mlserver | grpc"))
+    assert "0.200, 0.100" in mlserver_grpc  # 100/500 and 50/500
+    assert "| 0.10 | 0.03 |" in mlserver_grpc  # 1000 / 10000 raw b1, 1000 / 40000 best raw
+    mlserver_json = next(line for line in table.splitlines() if line.startswith("| mlserver | http-json"))
+    assert "–, –" in mlserver_json  # no Switchyard row to compare with
+    batched = next(line for line in table.splitlines() if line.startswith("| switchyard+batching"))
+    assert "| 2.00 | 0.50 |" in batched
