@@ -3,12 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
 use clap::Args;
-use half::f16;
 use serde::Serialize;
+use switchyard_runtimes::Runtime;
 use switchyard_runtimes::onnx::{OnnxOptions, OnnxRuntime};
-use switchyard_runtimes::{DataType, Runtime, Tensor};
 
 use crate::model::model_file_name;
 use crate::model_config::ModelConfig;
@@ -55,47 +53,6 @@ pub struct BatchTiming {
     pub rows_per_s: f64,
 }
 
-fn synthetic_inputs(runtime: &dyn Runtime, batch: usize) -> Result<Vec<Tensor>, String> {
-    runtime
-        .signature()
-        .inputs
-        .iter()
-        .map(|spec| {
-            let shape: Vec<i64> = spec
-                .shape
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| {
-                    if d < 0 && i == 0 {
-                        batch as i64
-                    } else {
-                        d.max(1)
-                    }
-                })
-                .collect();
-            let count: usize = shape.iter().map(|&d| d as usize).product();
-            let mut buf = BytesMut::new();
-            for i in 0..count {
-                // Deterministic values in [-1, 1); all types get something legal.
-                let x = ((i * 7919) % 2000) as f32 / 1000.0 - 1.0;
-                match spec.datatype {
-                    DataType::Fp32 => buf.put_f32_le(x),
-                    DataType::Fp64 => buf.put_f64_le(f64::from(x)),
-                    DataType::Fp16 => buf.put_u16_le(f16::from_f32(x).to_bits()),
-                    DataType::Bytes => {
-                        buf.put_u32_le(4);
-                        buf.put_slice(b"text");
-                    }
-                    DataType::Bool => buf.put_u8((i % 2) as u8),
-                    other => buf.put_bytes(0, other.element_size().unwrap_or(1)),
-                }
-            }
-            Tensor::new(spec.name.clone(), spec.datatype, shape, buf.freeze())
-                .map_err(|e| e.to_string())
-        })
-        .collect()
-}
-
 pub fn run(args: &BenchArgs) -> Result<Vec<BatchTiming>, String> {
     switchyard_runtimes::onnx::init(args.onnxruntime_library.as_deref())
         .map_err(|e| e.to_string())?;
@@ -127,7 +84,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BatchTiming>, String> {
     let mut runtime = OnnxRuntime::load(&file, &options).map_err(|e| e.to_string())?;
     let mut results = Vec::new();
     for &batch in &args.batch {
-        let inputs = synthetic_inputs(&runtime, batch)?;
+        let inputs = crate::model::synthetic_inputs(runtime.signature(), batch)?;
         for _ in 0..10 {
             runtime.run(&inputs).map_err(|e| e.to_string())?;
         }

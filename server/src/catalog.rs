@@ -16,6 +16,14 @@ pub struct ModelEntry {
     pub failed: BTreeMap<u64, String>,
     /// Why the model as a whole could not load (bad config, no versions).
     pub error: Option<String>,
+    /// The version unversioned requests get (an MLflow alias's); else the highest.
+    pub default_version: Option<u64>,
+    /// Registry aliases → versions, as last listed.
+    pub aliases: BTreeMap<String, u64>,
+    /// Index of the source the model comes from.
+    pub source: Option<usize>,
+    /// Set while that source is unreachable (the loaded versions keep serving).
+    pub source_error: Option<String>,
 }
 
 impl ModelEntry {
@@ -42,6 +50,8 @@ impl ModelEntry {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     pub models: BTreeMap<String, ModelEntry>,
+    /// Every model the sources list, loaded or not (for the repository index).
+    pub known_models: Vec<String>,
 }
 
 /// A row of the repository index.
@@ -69,12 +79,17 @@ impl Catalog {
             ))
         })?;
         match version.filter(|v| !v.is_empty()) {
-            None => entry.versions.values().next_back().cloned().ok_or_else(|| {
-                ApiError::unavailable(format!(
-                    "model `{model}` is not ready: {}",
-                    entry.unavailable_reason()
-                ))
-            }),
+            None => entry
+                .default_version
+                .and_then(|v| entry.versions.get(&v))
+                .or_else(|| entry.versions.values().next_back())
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::unavailable(format!(
+                        "model `{model}` is not ready: {}",
+                        entry.unavailable_reason()
+                    ))
+                }),
             Some(text) => {
                 let number: u64 = text.parse().map_err(|_| {
                     ApiError::not_found(format!(
@@ -102,8 +117,9 @@ impl Catalog {
         self.models.values().all(ModelEntry::is_ready)
     }
 
-    /// Index rows for loaded models, plus `unloaded` names from the repository.
-    pub fn index(&self, repository_models: &[String], ready_only: bool) -> Vec<IndexRow> {
+    /// Index rows for loaded models, plus `unloaded` for models the sources
+    /// list that are not loaded.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexRow> {
         let mut rows = Vec::new();
         for (name, entry) in &self.models {
             for version in entry.versions.keys() {
@@ -111,7 +127,12 @@ impl Catalog {
                     name: name.clone(),
                     version: version.to_string(),
                     state: "READY",
-                    reason: String::new(),
+                    // Serving, but the registry cannot be reached: say so.
+                    reason: entry
+                        .source_error
+                        .as_ref()
+                        .map(|e| format!("serving the last good version: {e}"))
+                        .unwrap_or_default(),
                 });
             }
             for (version, reason) in &entry.failed {
@@ -131,7 +152,7 @@ impl Catalog {
                 });
             }
         }
-        for name in repository_models {
+        for name in &self.known_models {
             if !self.models.contains_key(name) {
                 rows.push(IndexRow {
                     name: name.clone(),

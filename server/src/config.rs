@@ -40,9 +40,29 @@ pub enum Command {
 /// How the server runs.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Model repository: `<dir>/<model>/<version>/model.onnx`, optional `<dir>/<model>/config.yaml`.
-    #[arg(long, env = "SWITCHYARD_MODEL_REPOSITORY", default_value = "models")]
-    pub model_repository: PathBuf,
+    /// Where models come from (repeatable; comma-separated in the env var): a folder
+    /// (`<dir>/<model>/<version>/model.onnx` with `config.yaml` or Triton's `config.pbtxt`),
+    /// `s3://bucket/prefix` (credentials and endpoint from `AWS_*`), or
+    /// `mlflow://host:port/<model>@<alias>` / `mlflow://host:port/<model>/<version>`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MODEL_REPOSITORY",
+        default_value = "models",
+        value_delimiter = ','
+    )]
+    pub model_repository: Vec<String>,
+
+    /// How often the model sources are re-read (local folders are also watched).
+    #[arg(long, env = "SWITCHYARD_REPOSITORY_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub repository_poll_interval: Duration,
+
+    /// Where models fetched from S3 or MLflow are kept.
+    #[arg(long, env = "SWITCHYARD_MODEL_CACHE_DIR")]
+    pub model_cache_dir: Option<PathBuf>,
+
+    /// In local folders, take a version only once `<version>/READY` exists.
+    #[arg(long, env = "SWITCHYARD_REQUIRE_READY_MARKER")]
+    pub require_ready_marker: bool,
 
     /// Address for the KServe v2 REST API.
     #[arg(long, env = "SWITCHYARD_HTTP_ADDR", default_value = "0.0.0.0:8000")]
@@ -121,11 +141,18 @@ pub struct Config {
 impl Config {
     /// Checks what clap cannot; run before binding any port.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.model_repository.is_dir() {
-            return Err(format!(
-                "--model-repository {} is not a directory",
-                self.model_repository.display()
-            ));
+        for repository in &self.model_repository {
+            let local = !repository.contains("://") || repository.starts_with("file://");
+            let path =
+                std::path::Path::new(repository.strip_prefix("file://").unwrap_or(repository));
+            if local && !path.is_dir() {
+                return Err(format!(
+                    "--model-repository {repository} is not a directory"
+                ));
+            }
+        }
+        if self.repository_poll_interval < Duration::from_millis(50) {
+            return Err("--repository-poll-interval must be at least 50ms".to_owned());
         }
         if self.queue_capacity == 0 {
             return Err("--queue-capacity must be at least 1".to_owned());
@@ -142,6 +169,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The cache folder for fetched models.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.model_cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("switchyard-model-cache"))
     }
 
     pub fn model_defaults(&self) -> ConfigDefaults {

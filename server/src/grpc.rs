@@ -371,11 +371,10 @@ impl GrpcInferenceService for GrpcService {
         request: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
         let request = request.into_inner();
-        let names = self.state.repository().model_names().unwrap_or_default();
         let models = self
             .state
             .catalog()
-            .index(&names, request.ready)
+            .index(request.ready)
             .into_iter()
             .map(|row| ModelIndex {
                 name: row.name,

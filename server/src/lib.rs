@@ -9,11 +9,13 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod model_config;
 pub mod pbtxt;
 pub mod repository;
+pub mod source;
 pub mod state;
 
 use std::future::Future;
@@ -41,6 +43,10 @@ pub struct ServeOptions {
     pub drain_delay: Duration,
     /// Most time in-flight requests get once the listeners close.
     pub drain_timeout: Duration,
+    /// Re-read the model sources this often (`None`: only at start and on API loads).
+    pub poll_interval: Option<Duration>,
+    /// Local folders to watch for changes (each change triggers a re-read).
+    pub watch: Vec<std::path::PathBuf>,
 }
 
 /// Serves until `shutdown` resolves, then drains: readiness false at once,
@@ -91,6 +97,11 @@ pub async fn serve(
     let http_listener = axum::serve::ListenerExt::tap_io(listeners.http, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let _watcher = state::watch_folders(&state, &options.watch);
+    if let Some(interval) = options.poll_interval {
+        tasks.spawn(state.clone().poll_sources(interval, close.clone()));
+    }
+
     let http = axum::serve(http_listener, http::router(state.clone()))
         .with_graceful_shutdown(close.clone().cancelled_owned());
     let metrics = axum::serve(listeners.metrics, http::metrics_router(state.clone()))

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use switchyard::config::{Cli, Command, Config, LogFormat};
+use switchyard::lifecycle::Lifecycle;
 use switchyard::metrics::Metrics;
-use switchyard::repository::Repository;
+use switchyard::source::{self, Source};
 use switchyard::state::{AppState, Settings};
 use switchyard::{Listeners, ServeOptions, serve};
 use tokio::net::TcpListener;
@@ -50,10 +51,24 @@ async fn run(config: Config) -> Result<(), String> {
     config.validate()?;
     switchyard_runtimes::onnx::init(config.onnxruntime_library.as_deref())
         .map_err(|err| err.to_string())?;
-    let repository = Repository::open(&config.model_repository, config.model_defaults())?;
+    let cache_dir = config.cache_dir();
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut watched = Vec::new();
+    for uri in &config.model_repository {
+        if uri.contains("://") && !uri.starts_with("file://") {
+            sources.push(source::from_uri(uri, &cache_dir)?);
+        } else {
+            let path = std::path::PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
+            let local = source::local::LocalSource::new(&path)?
+                .with_ready_marker(config.require_ready_marker);
+            watched.push(path);
+            sources.push(Box::new(local));
+        }
+    }
     let metrics = Metrics::new().map_err(|err| format!("setting up metrics: {err}"))?;
+    let lifecycle = Lifecycle::new(sources, config.model_defaults(), metrics.clone());
     let state = AppState::new(
-        repository,
+        lifecycle,
         metrics,
         Settings {
             model_control: config.enable_model_control,
@@ -100,6 +115,8 @@ async fn run(config: Config) -> Result<(), String> {
             grpc_max_message_bytes: config.grpc_max_message_bytes,
             drain_delay: config.drain_delay,
             drain_timeout: config.drain_timeout,
+            poll_interval: Some(config.repository_poll_interval),
+            watch: watched,
         },
         shutdown_signal(),
     )

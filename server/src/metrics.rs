@@ -30,7 +30,16 @@ pub struct Metrics {
     compute_time: HistogramVec,
     batch_size: HistogramVec,
     rejections: IntCounterVec,
+    model_loads: IntCounterVec,
+    model_load_time: HistogramVec,
+    source_errors: IntCounterVec,
+    source_up: IntGaugeVec,
 }
+
+/// Model load times: 10 ms to 10 min.
+const LOAD_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+];
 
 /// One model version's series, resolved once so the hot path does no label lookups.
 #[derive(Clone)]
@@ -132,6 +141,39 @@ impl Metrics {
             ),
             &["model", "version", "reason"],
         )?;
+        let model_loads = IntCounterVec::new(
+            Opts::new(
+                "switchyard_model_loads_total",
+                "Model version loads (fetch, load, warm-up) by outcome.",
+            ),
+            &["model", "outcome"],
+        )?;
+        let model_load_time = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_model_load_duration_seconds",
+                "Time to fetch, load and warm up a model version.",
+            )
+            .buckets(LOAD_BUCKETS.to_vec()),
+            &["model"],
+        )?;
+        let source_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_source_errors_total",
+                "Failed polls of a model source (registry, bucket, folder).",
+            ),
+            &["source"],
+        )?;
+        let source_up = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_source_up",
+                "1 when the last poll of the model source succeeded.",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(model_loads.clone()))?;
+        registry.register(Box::new(model_load_time.clone()))?;
+        registry.register(Box::new(source_errors.clone()))?;
+        registry.register(Box::new(source_up.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(model_ready.clone()))?;
@@ -154,7 +196,29 @@ impl Metrics {
             compute_time,
             batch_size,
             rejections,
+            model_loads,
+            model_load_time,
+            source_errors,
+            source_up,
         })
+    }
+
+    pub fn observe_model_load(&self, model: &str, outcome: &str, took: Duration) {
+        self.model_loads.with_label_values(&[model, outcome]).inc();
+        self.model_load_time
+            .with_label_values(&[model])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn source_error(&self, source: &str) {
+        self.source_errors.with_label_values(&[source]).inc();
+        self.source_up.with_label_values(&[source]).set(0);
+    }
+
+    pub fn set_source_up(&self, source: &str, up: bool) {
+        self.source_up
+            .with_label_values(&[source])
+            .set(i64::from(up));
     }
 
     /// The series of one model version.

@@ -74,6 +74,9 @@ impl ModelVersion {
             .map(|rt| rt.signature().clone())
             .unwrap_or_default();
         let signature = config.resolve_signature(&model_signature)?;
+        if config.warmup {
+            warm_up(&mut runtimes, &signature, config)?;
+        }
         let model_metrics = metrics.for_model(name, version);
         let batcher = Self::start(name, version, config, &signature, runtimes, &model_metrics)?;
         info!(
@@ -165,12 +168,104 @@ impl ModelVersion {
     }
 }
 
+/// Deterministic inputs that fit `signature` with `batch` rows (variable
+/// non-batch dims get size 1). For warm-up and the runtime benchmark.
+pub fn synthetic_inputs(signature: &Signature, batch: usize) -> Result<Vec<Tensor>, String> {
+    use bytes::{BufMut, BytesMut};
+    use switchyard_runtimes::DataType;
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<i64> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| {
+                    if d < 0 && i == 0 {
+                        batch as i64
+                    } else {
+                        d.max(1)
+                    }
+                })
+                .collect();
+            let count: usize = shape.iter().map(|&d| d as usize).product();
+            let mut buf = BytesMut::new();
+            for i in 0..count {
+                // Values in [-1, 1); every type gets something legal.
+                let x = ((i * 7919) % 2000) as f32 / 1000.0 - 1.0;
+                match spec.datatype {
+                    DataType::Fp32 => buf.put_f32_le(x),
+                    DataType::Fp64 => buf.put_f64_le(f64::from(x)),
+                    DataType::Fp16 => buf.put_u16_le(half::f16::from_f32(x).to_bits()),
+                    DataType::Bf16 => buf.put_u16_le(half::bf16::from_f32(x).to_bits()),
+                    DataType::Bytes => {
+                        buf.put_u32_le(4);
+                        buf.put_slice(b"text");
+                    }
+                    DataType::Bool => buf.put_u8((i % 2) as u8),
+                    other => buf.put_bytes(0, other.element_size().unwrap_or(1)),
+                }
+            }
+            Tensor::new(spec.name.clone(), spec.datatype, shape, buf.freeze())
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Runs every batch size the model will see through every instance, so the
+/// first real requests do not pay for lazy initialisation, and a model that
+/// loads but cannot run is refused before it serves.
+fn warm_up(
+    runtimes: &mut [Box<dyn Runtime>],
+    signature: &Signature,
+    config: &ModelConfig,
+) -> Result<(), String> {
+    let mut sizes = vec![1usize];
+    if config.max_batch_size > 0 {
+        if let Some(batching) = &config.dynamic_batching {
+            sizes.extend(batching.preferred_batch_sizes.iter().map(|&p| p as usize));
+        }
+        sizes.push(config.max_batch_size as usize);
+    }
+    sizes.sort_unstable();
+    sizes.dedup();
+    let batched = signature
+        .inputs
+        .iter()
+        .all(|s| s.shape.first() == Some(&-1));
+    for size in sizes {
+        if size > 1 && !batched {
+            break;
+        }
+        let inputs = synthetic_inputs(signature, size)?;
+        for runtime in runtimes.iter_mut() {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| runtime.run(&inputs))) {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => return Err(format!("warm-up at batch size {size} failed: {err}")),
+                Err(_) => return Err(format!("warm-up at batch size {size} panicked")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Niceness of worker threads: compute yields to the I/O threads, so
+/// refusals, health probes and request decoding stay fast while batches run.
+const WORKER_NICENESS: i32 = 5;
+
 fn worker(
     label: String,
     mut runtime: Box<dyn Runtime>,
     batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
     metrics: ModelMetrics,
 ) {
+    // Linux niceness is per thread; if it cannot be set, only priority is lost.
+    if let Err(err) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), WORKER_NICENESS)
+    {
+        tracing::debug!(worker = %label, error = %err, "Could not lower the worker's priority.");
+    }
     loop {
         // One worker waits on the channel at a time; the others wait for the lock.
         let next = match batches.lock() {

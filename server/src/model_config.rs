@@ -152,6 +152,7 @@ struct RawModelConfig {
     queue: Option<RawQueueConfig>,
     dynamic_batching: Option<RawBatching>,
     onnx: Option<RawOnnxConfig>,
+    warmup: Option<bool>,
 }
 
 /// What happens to a request whose timeout passes while it waits.
@@ -261,6 +262,8 @@ pub struct ModelConfig {
     /// `None`: every request runs alone.
     pub dynamic_batching: Option<BatchingConfig>,
     pub onnx: OnnxOptions,
+    /// Run synthetic inputs through every instance before serving.
+    pub warmup: bool,
 }
 
 impl ModelConfig {
@@ -282,13 +285,17 @@ impl ModelConfig {
             },
             dynamic_batching: None,
             onnx: defaults.onnx.clone(),
+            warmup: true,
         }
     }
 
     /// Reads and validates `<model_dir>/config.yaml`, else Triton's
     /// `config.pbtxt`, else derives one. Returns warnings about fields that
     /// have no effect.
-    pub fn load(model_dir: &Path, defaults: &ConfigDefaults) -> Result<(Self, Vec<String>), String> {
+    pub fn load(
+        model_dir: &Path,
+        defaults: &ConfigDefaults,
+    ) -> Result<(Self, Vec<String>), String> {
         let read = |name: &str| -> Result<Option<String>, String> {
             let path = model_dir.join(name);
             match std::fs::read_to_string(&path) {
@@ -297,13 +304,18 @@ impl ModelConfig {
                 Err(err) => Err(format!("{}: {err}", path.display())),
             }
         };
-        let model_name = model_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let model_name = model_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         match (read("config.yaml")?, read("config.pbtxt")?) {
             (Some(yaml), pbtxt) => {
                 let config = Self::parse(&yaml, defaults)
                     .map_err(|err| format!("{}: {err}", model_dir.join("config.yaml").display()))?;
                 let warnings = pbtxt
-                    .map(|_| vec!["config.pbtxt is ignored because config.yaml is present".to_owned()])
+                    .map(|_| {
+                        vec!["config.pbtxt is ignored because config.yaml is present".to_owned()]
+                    })
                     .unwrap_or_default();
                 Ok((config, warnings))
             }
@@ -515,6 +527,7 @@ impl RawModelConfig {
             queue,
             dynamic_batching,
             onnx,
+            warmup: self.warmup.unwrap_or(true),
         };
         let mut seen = std::collections::HashSet::new();
         for (kind, raw, out) in [("input", &self.inputs, 0), ("output", &self.outputs, 1)] {

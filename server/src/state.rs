@@ -1,18 +1,22 @@
-//! Shared server state: the swappable catalog, the repository it is loaded
-//! from, readiness, and model control (load/unload). Loads are prepared off
-//! the catalog and swapped in whole; loads and unloads are serialized.
+//! Shared server state: the swappable catalog, the lifecycle manager that
+//! fills it from the model sources, readiness, and model control
+//! (load/unload). Reconciles and control calls are serialized by one lock.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Mutex;
-use tracing::info;
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
-use crate::catalog::{Catalog, ModelEntry};
+use crate::catalog::Catalog;
 use crate::error::{ApiError, ErrorKind};
+use crate::lifecycle::{Lifecycle, load_result};
 use crate::metrics::Metrics;
-use crate::repository::{Repository, valid_model_name};
+use crate::repository::valid_model_name;
 
 /// Settings from flags that the edges consult per request.
 #[derive(Debug, Clone)]
@@ -27,32 +31,29 @@ pub struct Settings {
 
 pub struct AppState {
     catalog: ArcSwap<Catalog>,
-    repository: Repository,
+    lifecycle: Mutex<Lifecycle>,
     pub metrics: Metrics,
     pub settings: Settings,
     draining: AtomicBool,
-    control: Mutex<()>,
+    /// Wakes the repository poller early (a file changed, a webhook arrived).
+    poke: Notify,
 }
 
 impl AppState {
-    pub fn new(repository: Repository, metrics: Metrics, settings: Settings) -> Arc<Self> {
+    pub fn new(lifecycle: Lifecycle, metrics: Metrics, settings: Settings) -> Arc<Self> {
         Arc::new(AppState {
             catalog: ArcSwap::from_pointee(Catalog::default()),
-            repository,
+            lifecycle: Mutex::new(lifecycle),
             metrics,
             settings,
             draining: AtomicBool::new(false),
-            control: Mutex::new(()),
+            poke: Notify::new(),
         })
     }
 
     /// The current catalog; hold it for the whole request.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.load_full()
-    }
-
-    pub fn repository(&self) -> &Repository {
-        &self.repository
     }
 
     pub fn is_ready(&self) -> bool {
@@ -65,43 +66,68 @@ impl AppState {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// Loads every model of the repository. Returns the failures, by model.
+    /// The first load at start-up. Returns the failures, by model.
     pub async fn load_all(self: &Arc<Self>) -> Result<Vec<(String, String)>, ApiError> {
-        let names = self.repository.model_names().map_err(ApiError::internal)?;
-        let mut failures = Vec::new();
-        for name in names {
-            let entry = self.load_entry(&name).await?;
-            if !entry.failed.is_empty() || entry.error.is_some() {
-                failures.push((name.clone(), entry.unavailable_reason()));
-            }
-        }
-        Ok(failures)
+        let mut lifecycle = self.lifecycle.lock().await;
+        let current = self.catalog.load_full();
+        let (next, outcome) = lifecycle.reconcile(&current, true, None).await;
+        self.catalog.store(Arc::new(next));
+        Ok(outcome.failed)
     }
 
-    /// Loads (or reloads) one model from the repository and swaps it in.
+    /// One pass of keeping the catalog in step with the sources.
+    pub async fn reconcile(self: &Arc<Self>) {
+        let mut lifecycle = self.lifecycle.lock().await;
+        let current = self.catalog.load_full();
+        let (next, outcome) = lifecycle.reconcile(&current, false, None).await;
+        self.catalog.store(Arc::new(next));
+        for (model, version) in outcome.loaded {
+            info!(model, version, "Swapped in.");
+        }
+    }
+
+    /// Asks the poller to look at the sources now.
+    pub fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    /// Polls the sources every `interval`, or sooner when poked; stops on `cancel`.
+    pub async fn poll_sources(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.poke.notified() => {
+                    // Debounce a burst of file events into one scan.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            debug!("Reconciling model sources.");
+            self.reconcile().await;
+        }
+    }
+
+    /// Loads (or reloads) one model from the sources and swaps it in.
     pub async fn load_model(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
         self.check_model_control()?;
-        if !valid_model_name(name) || !self.repository.contains(name) {
+        if !valid_model_name(name) {
             return Err(ApiError::not_found(format!(
-                "no model `{name}` in the repository {}",
-                self.repository.root().display()
+                "`{name}` is not a valid model name"
             )));
         }
-        let entry = self.load_entry(name).await?;
-        if entry.is_ready() {
-            Ok(())
-        } else {
-            Err(ApiError::invalid(format!(
-                "failed to load model `{name}`: {}",
-                entry.unavailable_reason()
-            )))
-        }
+        let mut lifecycle = self.lifecycle.lock().await;
+        lifecycle.mark_wanted(name);
+        let current = self.catalog.load_full();
+        let (next, _) = lifecycle.reconcile(&current, false, Some(name)).await;
+        let result = load_result(&next, name);
+        self.catalog.store(Arc::new(next));
+        result
     }
 
     /// Removes a model from the catalog. Requests already holding it finish.
     pub async fn unload_model(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
         self.check_model_control()?;
-        let _guard = self.control.lock().await;
+        let mut lifecycle = self.lifecycle.lock().await;
         let current = self.catalog.load_full();
         let Some(entry) = current.models.get(name) else {
             return Err(ApiError::not_found(format!("model `{name}` is not loaded")));
@@ -109,7 +135,9 @@ impl AppState {
         for version in entry.versions.keys() {
             self.metrics
                 .set_model_ready(name, &version.to_string(), false);
+            self.metrics.forget_model(name, *version);
         }
+        lifecycle.mark_unloaded(name);
         let mut next = (*current).clone();
         next.models.remove(name);
         self.catalog.store(Arc::new(next));
@@ -127,45 +155,40 @@ impl AppState {
             ))
         }
     }
+}
 
-    async fn load_entry(self: &Arc<Self>, name: &str) -> Result<ModelEntry, ApiError> {
-        let _guard = self.control.lock().await;
-        let repository = self.repository.clone();
-        let metrics = self.metrics.clone();
-        let owned = name.to_owned();
-        let entry = tokio::task::spawn_blocking(move || repository.load_model(&owned, &metrics))
-            .await
-            .map_err(|err| ApiError::internal(format!("loading model `{name}` failed: {err}")))?;
-        // A load that failed entirely keeps what was serving (the old versions).
-        let current = self.catalog.load_full();
-        let mut next = (*current).clone();
-        let kept = match (entry.is_ready(), current.models.get(name)) {
-            (false, Some(previous)) if previous.is_ready() => {
-                let mut kept = previous.clone();
-                kept.error = entry
-                    .error
-                    .clone()
-                    .or_else(|| Some(entry.unavailable_reason()));
-                kept
-            }
-            _ => entry.clone(),
-        };
-        if let Some(previous) = current.models.get(name) {
-            for version in previous
-                .versions
-                .keys()
-                .filter(|v| !kept.versions.contains_key(v))
-            {
-                self.metrics
-                    .set_model_ready(name, &version.to_string(), false);
-            }
-        }
-        for version in kept.versions.keys() {
-            self.metrics
-                .set_model_ready(name, &version.to_string(), true);
-        }
-        next.models.insert(name.to_owned(), kept);
-        self.catalog.store(Arc::new(next));
-        Ok(entry)
+/// Watches local repository folders and pokes the poller on changes
+/// (create/modify/remove). The watcher lives as long as the returned guard.
+pub fn watch_folders(
+    state: &Arc<AppState>,
+    folders: &[PathBuf],
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    if folders.is_empty() {
+        return None;
     }
+    let weak = Arc::downgrade(state);
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if matches!(
+            event.kind,
+            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+        ) && let Some(state) = weak.upgrade()
+        {
+            state.poke();
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(watcher) => watcher,
+        Err(err) => {
+            warn!(error = %err, "Cannot watch the model repository; relying on periodic scans.");
+            return None;
+        }
+    };
+    for folder in folders {
+        if let Err(err) = watcher.watch(folder, RecursiveMode::Recursive) {
+            warn!(folder = %folder.display(), error = %err, "Cannot watch a model folder; relying on periodic scans.");
+        }
+    }
+    Some(watcher)
 }

@@ -371,8 +371,7 @@ async fn repository_index(
         serde_json::from_slice(&body)
             .map_err(|err| ApiError::invalid(format!("malformed JSON request body: {err}")))?
     };
-    let names = state.repository().model_names().unwrap_or_default();
-    Ok(axum::Json(state.catalog().index(&names, request.ready)).into_response())
+    Ok(axum::Json(state.catalog().index(request.ready)).into_response())
 }
 
 #[derive(Deserialize, Default)]

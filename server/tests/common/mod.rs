@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard::lifecycle::Lifecycle;
 use switchyard::metrics::Metrics;
 use switchyard::model_config::ConfigDefaults;
-use switchyard::repository::Repository;
+use switchyard::source::local::LocalSource;
 use switchyard::state::{AppState, Settings};
 use switchyard::{Listeners, ServeOptions, serve};
 use switchyard_runtimes::onnx::OnnxOptions;
@@ -45,8 +46,13 @@ pub fn defaults() -> ConfigDefaults {
 /// Builds state over `repo` and loads every model in it.
 pub async fn state_for(repo: &Path, settings: Settings) -> Arc<AppState> {
     switchyard_runtimes::onnx::init(None).expect("ONNX Runtime (run scripts/fetch-onnxruntime.sh)");
-    let repository = Repository::open(repo, defaults()).unwrap();
-    let state = AppState::new(repository, Metrics::new().unwrap(), settings);
+    let metrics = Metrics::new().unwrap();
+    let lifecycle = Lifecycle::new(
+        vec![Box::new(LocalSource::new(repo).unwrap())],
+        defaults(),
+        metrics.clone(),
+    );
+    let state = AppState::new(lifecycle, metrics, settings);
     state.load_all().await.unwrap();
     state
 }
@@ -78,6 +84,8 @@ impl TestServer {
             grpc_max_message_bytes: 1 << 20,
             drain_delay,
             drain_timeout: Duration::from_secs(5),
+            poll_interval: None,
+            watch: Vec::new(),
         };
         let task = tokio::spawn(serve(state.clone(), listeners, options, async {
             let _ = rx.await;

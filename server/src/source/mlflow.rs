@@ -1,0 +1,373 @@
+//! The MLflow Model Registry as a source, over its REST API:
+//! `mlflow://host:port/<model>@<alias>` serves the version an alias names,
+//! `mlflow://host:port/<model>/<version>` one fixed version, and
+//! `mlflow://host:port/<model>` the newest version. Aliases are read from
+//! `registered-models/get` (moving an alias does not change the model's
+//! `last_updated_timestamp`, so the alias list itself is compared each poll).
+//! Artifacts are found with `model-versions/get-download-uri`, the model file
+//! from the `MLmodel` file's `onnx` flavor, and downloaded through the
+//! artifacts proxy (`mlflow-artifacts:`), from a local path, or from S3.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    Listing, ModelListing, Source, SourceError, VersionListing, content_key, write_atomically,
+};
+use crate::repository::valid_model_name;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Selector {
+    Alias(String),
+    Version(u64),
+    Newest,
+}
+
+pub struct MlflowSource {
+    base: String,
+    model: String,
+    selector: Selector,
+    client: reqwest::Client,
+    cache_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct RegisteredModelResponse {
+    registered_model: RegisteredModel,
+}
+
+#[derive(Deserialize)]
+struct RegisteredModel {
+    #[serde(default)]
+    aliases: Vec<Alias>,
+}
+
+#[derive(Deserialize)]
+struct Alias {
+    alias: String,
+    version: String,
+}
+
+#[derive(Deserialize)]
+struct SearchResponse {
+    #[serde(default)]
+    model_versions: Vec<ModelVersionInfo>,
+}
+
+#[derive(Deserialize)]
+struct ModelVersionInfo {
+    version: String,
+}
+
+#[derive(Deserialize)]
+struct DownloadUri {
+    artifact_uri: String,
+}
+
+#[derive(Deserialize)]
+struct MlModelFile {
+    #[serde(default)]
+    flavors: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+impl MlflowSource {
+    pub fn new(uri: &str, cache_dir: &Path) -> Result<Self, String> {
+        let (scheme, rest) = match uri.strip_prefix("mlflow+https://") {
+            Some(rest) => ("https", rest),
+            None => ("http", uri.strip_prefix("mlflow://").unwrap_or(uri)),
+        };
+        let (host, path) = rest.split_once('/').ok_or_else(|| {
+            format!("{uri}: expected mlflow://host:port/<model>[@alias|/version]")
+        })?;
+        let (model, selector) = if let Some((model, alias)) = path.split_once('@') {
+            (model, Selector::Alias(alias.to_owned()))
+        } else if let Some((model, version)) = path.split_once('/') {
+            let version = version
+                .parse()
+                .map_err(|_| format!("{uri}: `{version}` is not a model version number"))?;
+            (model, Selector::Version(version))
+        } else {
+            (path, Selector::Newest)
+        };
+        if !valid_model_name(model) {
+            return Err(format!(
+                "{uri}: registered model `{model}` is not a valid serving name (letters, digits, `_`, `-`, `.`)"
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|err| err.to_string())?;
+        Ok(MlflowSource {
+            base: format!("{scheme}://{host}"),
+            model: model.to_owned(),
+            selector,
+            client,
+            cache_dir: cache_dir.join("mlflow"),
+        })
+    }
+
+    fn unreachable(&self, err: impl std::fmt::Display) -> SourceError {
+        SourceError::Unreachable {
+            source_name: self.describe(),
+            reason: err.to_string(),
+        }
+    }
+
+    async fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, SourceError> {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        if !status.is_success() {
+            return Err(self.unreachable(format!(
+                "{path}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        serde_json::from_slice(&body).map_err(|e| self.unreachable(format!("{path}: {e}")))
+    }
+
+    async fn download(&self, url: &str, what: &str) -> Result<bytes::Bytes, SourceError> {
+        let fail = |reason: String| SourceError::Fetch {
+            source_name: self.describe(),
+            what: what.to_owned(),
+            reason,
+        };
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(fail(format!("HTTP {status}")));
+        }
+        response.bytes().await.map_err(|e| fail(e.to_string()))
+    }
+
+    /// Reads the artifact named `name` under `artifact_uri`.
+    async fn read_artifact(
+        &self,
+        artifact_uri: &str,
+        name: &str,
+    ) -> Result<bytes::Bytes, SourceError> {
+        let fail = |reason: String| SourceError::Fetch {
+            source_name: self.describe(),
+            what: format!("{artifact_uri}/{name}"),
+            reason,
+        };
+        if let Some(rest) = artifact_uri.strip_prefix("mlflow-artifacts:") {
+            // mlflow-artifacts:/path or mlflow-artifacts://host/path: the proxy path is what follows the host.
+            let path = match rest.strip_prefix("//") {
+                Some(with_host) => with_host
+                    .split_once('/')
+                    .map(|(_, p)| p)
+                    .unwrap_or_default(),
+                None => rest.trim_start_matches('/'),
+            };
+            let url = format!(
+                "{}/api/2.0/mlflow-artifacts/artifacts/{path}/{name}",
+                self.base
+            );
+            return self.download(&url, &format!("{artifact_uri}/{name}")).await;
+        }
+        if let Some(bucket_key) = artifact_uri.strip_prefix("s3://") {
+            let (bucket, key) = bucket_key.split_once('/').unwrap_or((bucket_key, ""));
+            let store = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| fail(e.to_string()))?;
+            use object_store::ObjectStoreExt;
+            let path =
+                object_store::path::Path::from(format!("{}/{name}", key.trim_end_matches('/')));
+            return store
+                .get(&path)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .bytes()
+                .await
+                .map_err(|e| fail(e.to_string()));
+        }
+        let local = artifact_uri.strip_prefix("file://").unwrap_or(artifact_uri);
+        if local.starts_with('/') {
+            return std::fs::read(Path::new(local).join(name))
+                .map(bytes::Bytes::from)
+                .map_err(|e| fail(e.to_string()));
+        }
+        Err(fail(
+            "unsupported artifact location; expected mlflow-artifacts:, s3:// or a local path"
+                .to_owned(),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for MlflowSource {
+    fn describe(&self) -> String {
+        let selector = match &self.selector {
+            Selector::Alias(alias) => format!("@{alias}"),
+            Selector::Version(v) => format!("/{v}"),
+            Selector::Newest => String::new(),
+        };
+        format!("mlflow:{}/{}{selector}", self.base, self.model)
+    }
+
+    async fn list(&self) -> Result<Listing, SourceError> {
+        let registered: RegisteredModelResponse = self
+            .get_json(
+                "/api/2.0/mlflow/registered-models/get",
+                &[("name", &self.model)],
+            )
+            .await?;
+        let aliases: BTreeMap<String, u64> = registered
+            .registered_model
+            .aliases
+            .iter()
+            .filter_map(|a| Some((a.alias.clone(), a.version.parse().ok()?)))
+            .collect();
+        let wanted = match &self.selector {
+            Selector::Alias(alias) => match aliases.get(alias) {
+                Some(&v) => Some(v),
+                None => {
+                    return Err(self.unreachable(format!(
+                        "registered model `{}` has no alias `{alias}` (aliases: {:?})",
+                        self.model,
+                        aliases.keys().collect::<Vec<_>>()
+                    )));
+                }
+            },
+            Selector::Version(v) => Some(*v),
+            Selector::Newest => {
+                let filter = format!("name='{}'", self.model);
+                let search: SearchResponse = self
+                    .get_json(
+                        "/api/2.0/mlflow/model-versions/search",
+                        &[("filter", &filter)],
+                    )
+                    .await?;
+                search
+                    .model_versions
+                    .iter()
+                    .filter_map(|v| v.version.parse::<u64>().ok())
+                    .max()
+            }
+        };
+        let mut model = ModelListing {
+            aliases,
+            pinned: wanted,
+            ..ModelListing::default()
+        };
+        if let Some(version) = wanted {
+            // Model versions are immutable in MLflow: the number identifies the content.
+            model.versions.insert(
+                version,
+                VersionListing {
+                    fingerprint: format!("mlflow-{}-{version}", self.model),
+                },
+            );
+        }
+        Ok(BTreeMap::from([(self.model.clone(), model)]))
+    }
+
+    async fn fetch(
+        &self,
+        model: &str,
+        version: u64,
+        listing: &VersionListing,
+    ) -> Result<PathBuf, SourceError> {
+        let dir = self
+            .cache_dir
+            .join(content_key(&[&self.base, model, &listing.fingerprint]));
+        if dir.join("model.onnx").is_file() {
+            return Ok(dir);
+        }
+        let version_text = version.to_string();
+        let uri: DownloadUri = self
+            .get_json(
+                "/api/2.0/mlflow/model-versions/get-download-uri",
+                &[("name", model), ("version", &version_text)],
+            )
+            .await?;
+        let artifact_uri = uri.artifact_uri.trim_end_matches('/').to_owned();
+        let mlmodel = self.read_artifact(&artifact_uri, "MLmodel").await?;
+        let parsed: MlModelFile =
+            serde_yaml_ng::from_slice(&mlmodel).map_err(|e| SourceError::Fetch {
+                source_name: self.describe(),
+                what: format!("{artifact_uri}/MLmodel"),
+                reason: e.to_string(),
+            })?;
+        let data = parsed
+            .flavors
+            .get("onnx")
+            .and_then(|flavor| flavor.get("data"))
+            .and_then(|d| d.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| SourceError::Fetch {
+                source_name: self.describe(),
+                what: format!("{artifact_uri}/MLmodel"),
+                reason: format!(
+                    "no `onnx` flavor with a `data` file (flavors: {:?}); only ONNX models can be served",
+                    parsed.flavors.keys().collect::<Vec<_>>()
+                ),
+            })?;
+        if data.contains("..") || data.starts_with('/') {
+            return Err(SourceError::Fetch {
+                source_name: self.describe(),
+                what: format!("{artifact_uri}/MLmodel"),
+                reason: format!("the onnx flavor's data path `{data}` leaves the artifact folder"),
+            });
+        }
+        let bytes = self.read_artifact(&artifact_uri, &data).await?;
+        write_atomically(&dir.join("model.onnx"), &bytes).map_err(|e| SourceError::Fetch {
+            source_name: self.describe(),
+            what: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_parse() {
+        let cache = Path::new("/tmp");
+        let s = MlflowSource::new("mlflow://127.0.0.1:5000/iris@champion", cache).unwrap();
+        assert_eq!(
+            (s.base.as_str(), s.model.as_str()),
+            ("http://127.0.0.1:5000", "iris")
+        );
+        assert_eq!(s.selector, Selector::Alias("champion".into()));
+        let s = MlflowSource::new("mlflow+https://reg.example:443/iris/3", cache).unwrap();
+        assert_eq!(
+            (s.base.as_str(), &s.selector),
+            ("https://reg.example:443", &Selector::Version(3))
+        );
+        assert_eq!(
+            MlflowSource::new("mlflow://h:1/iris", cache)
+                .unwrap()
+                .selector,
+            Selector::Newest
+        );
+        assert!(MlflowSource::new("mlflow://h:1/iris/latest", cache).is_err());
+        assert!(MlflowSource::new("mlflow://h:1", cache).is_err());
+        assert!(MlflowSource::new("mlflow://h:1/bad name", cache).is_err());
+    }
+}
