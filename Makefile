@@ -8,6 +8,8 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Real services the tests start (MLflow, moto), kept apart from the client venv.
+SERVICES_VENV := .venv-services
 export ORT_DYLIB_PATH ?= $(CURDIR)/.cache/onnxruntime/lib/libonnxruntime.so
 ARGS ?=
 
@@ -20,7 +22,7 @@ run: setup build-release
 	./target/release/switchyard --model-repository models $(ARGS)
 
 ## Run the whole test suite: Rust unit and integration tests, then real-client Python tests.
-test: setup
+test: setup $(SERVICES_VENV)/.installed
 	$(CARGO) build --locked --workspace --all-targets
 	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
 	$(MAKE) rust-test python-test
@@ -37,6 +39,11 @@ onnxruntime:
 $(VENV)/.installed: tests/python/requirements.txt models/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+$(SERVICES_VENV)/.installed: tests/python/services-requirements.txt
+	$(PYTHON) -m venv $(SERVICES_VENV)
+	$(SERVICES_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/services-requirements.txt
 	touch $@
 
 venv: $(VENV)/.installed
@@ -71,4 +78,4 @@ lint:
 
 clean:
 	$(CARGO) clean
-	rm -rf .cache $(VENV)
+	rm -rf .cache $(VENV) $(SERVICES_VENV)

@@ -124,6 +124,34 @@ def make_typed() -> onnx.ModelProto:
     return finish(graph)
 
 
+def make_versioned(version: int, padding_mb: float = 0.0) -> onnx.ModelProto:
+    """A model whose output names its version: y = x + version (FP32 [N, 4]).
+    `padding_mb` adds an unused-in-value but live initializer to make the file
+    (and the loaded session) that large, for swap and memory benchmarks."""
+    nodes = [helper.make_node("Add", ["x", "version"], ["y"], name="add_version")]
+    inits = [numpy_helper.from_array(np.array([float(version)], dtype=np.float32), "version")]
+    if padding_mb > 0:
+        count = int(padding_mb * (1 << 20) / 4) // 4 * 4
+        weight = np.full((count // 4, 4), 0.0, dtype=np.float32)
+        inits.append(numpy_helper.from_array(weight, "ballast"))
+        # y + sum(ballast) * 0 keeps the ballast in the graph without changing y.
+        nodes = [
+            helper.make_node("ReduceSum", ["ballast"], ["ballast_sum"], keepdims=0, name="ballast_sum"),
+            helper.make_node("Mul", ["ballast_sum", "zero"], ["ballast_zero"], name="ballast_zero"),
+            helper.make_node("Add", ["x", "version"], ["x_plus"], name="add_version"),
+            helper.make_node("Add", ["x_plus", "ballast_zero"], ["y"], name="add_zero"),
+        ]
+        inits.append(numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"))
+    graph = helper.make_graph(
+        nodes,
+        "versioned",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=inits,
+    )
+    return finish(graph)
+
+
 SAMPLES = {
     "mlp": make_mlp,
     "iris": make_iris,

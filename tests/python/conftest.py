@@ -16,16 +16,17 @@ REPO = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("SWITCHYARD_BIN", REPO / "target" / "debug" / "switchyard"))
 ORT_LIB = REPO / ".cache" / "onnxruntime" / "lib" / "libonnxruntime.so"
 MODELS = REPO / "models"
+SERVICES_BIN = REPO / ".venv-services" / "bin"
 
 
 class Server:
     """One switchyard process; its addresses come from its own `Listening.` log line."""
 
-    def __init__(self, *extra_args: str, repository: Path = MODELS) -> None:
+    def __init__(self, *extra_args: str, repository: Path | str = MODELS, env: dict | None = None) -> None:
         if not BINARY.exists():
             raise RuntimeError(f"{BINARY} is missing: build it first (make test does)")
         self.log_file = tempfile.NamedTemporaryFile(prefix="switchyard-", suffix=".log", delete=False)
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         env.setdefault("ORT_DYLIB_PATH", str(ORT_LIB))
         args = [
             str(BINARY),
