@@ -131,17 +131,25 @@ def make_versioned(version: int, padding_mb: float = 0.0) -> onnx.ModelProto:
     nodes = [helper.make_node("Add", ["x", "version"], ["y"], name="add_version")]
     inits = [numpy_helper.from_array(np.array([float(version)], dtype=np.float32), "version")]
     if padding_mb > 0:
-        count = int(padding_mb * (1 << 20) / 4) // 4 * 4
-        weight = np.full((count // 4, 4), 0.0, dtype=np.float32)
+        rows = max(1, int(padding_mb * (1 << 20) / 16))
+        # Random, so the weights cannot be stored or folded away as constants.
+        weight = np.random.default_rng(version).standard_normal((rows, 4)).astype(np.float32)
         inits.append(numpy_helper.from_array(weight, "ballast"))
-        # y + sum(ballast) * 0 keeps the ballast in the graph without changing y.
-        nodes = [
-            helper.make_node("ReduceSum", ["ballast"], ["ballast_sum"], keepdims=0, name="ballast_sum"),
-            helper.make_node("Mul", ["ballast_sum", "zero"], ["ballast_zero"], name="ballast_zero"),
-            helper.make_node("Add", ["x", "version"], ["x_plus"], name="add_version"),
-            helper.make_node("Add", ["x_plus", "ballast_zero"], ["y"], name="add_zero"),
+        # y = x + version + 0 * ballast[index derived from x]: the lookup depends
+        # on the input, so ONNX Runtime keeps the whole table resident.
+        inits += [
+            numpy_helper.from_array(np.array(0, dtype=np.int64), "column"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
         ]
-        inits.append(numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"))
+        nodes = [
+            helper.make_node("Gather", ["x", "column"], ["first"], axis=1, name="first_column"),
+            helper.make_node("Mul", ["first", "zero"], ["first_zero"], name="zeroed"),
+            helper.make_node("Cast", ["first_zero"], ["index"], to=TensorProto.INT64, name="as_index"),
+            helper.make_node("Gather", ["ballast", "index"], ["row"], axis=0, name="lookup"),
+            helper.make_node("Mul", ["row", "zero"], ["row_zero"], name="row_zero"),
+            helper.make_node("Add", ["x", "version"], ["x_plus"], name="add_version"),
+            helper.make_node("Add", ["x_plus", "row_zero"], ["y"], name="add_zero"),
+        ]
     graph = helper.make_graph(
         nodes,
         "versioned",

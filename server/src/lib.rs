@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod http;
 pub mod infer;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod model_config;

@@ -125,6 +125,7 @@ async fn run(config: Config) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    switchyard::memory::tune_allocator();
     let cli = Cli::parse();
     if let Some(Command::BenchRuntime(args)) = &cli.command {
         return match switchyard::bench::run(args) {

@@ -250,22 +250,12 @@ fn warm_up(
     Ok(())
 }
 
-/// Niceness of worker threads: compute yields to the I/O threads, so
-/// refusals, health probes and request decoding stay fast while batches run.
-const WORKER_NICENESS: i32 = 5;
-
 fn worker(
     label: String,
     mut runtime: Box<dyn Runtime>,
     batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
     metrics: ModelMetrics,
 ) {
-    // Linux niceness is per thread; if it cannot be set, only priority is lost.
-    if let Err(err) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), WORKER_NICENESS)
-    {
-        tracing::debug!(worker = %label, error = %err, "Could not lower the worker's priority.");
-    }
     loop {
         // One worker waits on the channel at a time; the others wait for the lock.
         let next = match batches.lock() {
@@ -288,4 +278,7 @@ fn worker(
         batch.record_compute(took);
         batch.complete(result.map_err(ApiError::from));
     }
+    // The version is retired: free its session now and hand the memory back.
+    drop(runtime);
+    crate::memory::release_free_memory();
 }
