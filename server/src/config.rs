@@ -60,6 +60,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MODEL_CACHE_DIR")]
     pub model_cache_dir: Option<PathBuf>,
 
+    /// Shared secret for MLflow registry webhooks (POST /v2/repository/webhooks/mlflow);
+    /// a verified delivery re-reads the sources at once. Unset: the endpoint is off.
+    #[arg(long, env = "SWITCHYARD_MLFLOW_WEBHOOK_SECRET", hide_env_values = true)]
+    pub mlflow_webhook_secret: Option<String>,
+
     /// In local folders, take a version only once `<version>/READY` exists.
     #[arg(long, env = "SWITCHYARD_REQUIRE_READY_MARKER")]
     pub require_ready_marker: bool,

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// The operation is switched off (e.g. model control without `--enable-model-control`).
     PermissionDenied,
+    /// Missing or wrong credentials (token, webhook signature).
+    Unauthenticated,
     /// A fault on our side; never used for client mistakes.
     Internal,
 }
@@ -38,6 +40,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -50,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::Internal => tonic::Code::Internal,
         }
     }
@@ -64,6 +68,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
             ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::Internal => "internal",
         }
     }

@@ -18,6 +18,7 @@ pub mod pbtxt;
 pub mod repository;
 pub mod source;
 pub mod state;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;

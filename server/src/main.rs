@@ -74,6 +74,7 @@ async fn run(config: Config) -> Result<(), String> {
             model_control: config.enable_model_control,
             strict_readiness: config.strict_readiness,
             max_request_bytes: config.max_request_bytes,
+            mlflow_webhook_secret: config.mlflow_webhook_secret.clone(),
         },
     );
     let failures = state.load_all().await.map_err(|err| err.to_string())?;

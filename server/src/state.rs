@@ -27,6 +27,8 @@ pub struct Settings {
     pub strict_readiness: bool,
     /// Largest HTTP request body accepted.
     pub max_request_bytes: usize,
+    /// HMAC secret MLflow signs its webhooks with; `None` turns the webhook endpoint off.
+    pub mlflow_webhook_secret: Option<String>,
 }
 
 pub struct AppState {

@@ -68,6 +68,9 @@ def start_mlflow(workdir: Path) -> tuple[Service, str]:
         "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
         "--artifacts-destination", str(workdir / "artifacts"), "--serve-artifacts", "--workers", "1",
     ]
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_ENABLE_WORKSPACES": "false"}
+    # MLflow refuses webhooks to 127.0.0.1 and to plain http unless allowed.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_ENABLE_WORKSPACES": "false",
+           "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+           "MLFLOW_WEBHOOK_CACHE_TTL": "1"}
     service = Service("mlflow", args, f"http://127.0.0.1:{port}/health", timeout=120, env=env, cwd=workdir)
     return service, f"http://127.0.0.1:{port}"

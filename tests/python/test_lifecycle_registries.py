@@ -114,3 +114,38 @@ def test_mlflow_alias_moves_swap_the_served_version(tmp_path):
     finally:
         if not stopped:
             mlflow.stop()
+
+
+def test_a_signed_mlflow_webhook_swaps_without_waiting_for_the_poll(tmp_path):
+    mlflow, base = start_mlflow(tmp_path)
+    try:
+        requests.post(f"{base}/api/2.0/mlflow/registered-models/create", json={"name": "versioned"}, timeout=30)
+        v1 = register_version(base, "versioned", 1)
+        v2 = register_version(base, "versioned", 2)
+        set_alias(base, "versioned", "champion", v1)
+        server = Server("--repository-poll-interval", "600s", "--mlflow-webhook-secret", "s3cret",
+                        "--model-cache-dir", str(tmp_path / "cache"),
+                        repository=f"mlflow://{base.removeprefix('http://')}/versioned@champion")
+        try:
+            hook = f"http://{server.http}/v2/repository/webhooks/mlflow"
+            # Unsigned or wrongly signed deliveries are refused.
+            assert requests.post(hook, json={}, timeout=10).status_code == 401
+            bad = {"X-MLflow-Delivery-Id": "x", "X-MLflow-Timestamp": str(int(time.time())),
+                   "X-MLflow-Signature": "v1,AAAA"}
+            assert requests.post(hook, json={}, headers=bad, timeout=10).status_code == 401
+            # MLflow itself delivers the webhook when the alias moves.
+            response = requests.post(f"{base}/api/2.0/mlflow/webhooks", json={
+                "name": "switchyard", "url": hook, "secret": "s3cret",
+                "events": [{"entity": "MODEL_VERSION_ALIAS", "action": "CREATED"}],
+            }, timeout=30)
+            assert response.status_code == 200, response.text
+            assert infer_version(server.http) == (200, "1")
+            time.sleep(1.5)  # MLflow caches its webhook list (MLFLOW_WEBHOOK_CACHE_TTL=1 here)
+            moved = time.monotonic()
+            set_alias(base, "versioned", "champion", v2)
+            wait_for(lambda: infer_version(server.http)[1] == "2", 30, "the webhook-triggered swap")
+            assert time.monotonic() - moved < 30  # far sooner than the 600 s poll
+        finally:
+            assert server.stop() == 0
+    finally:
+        mlflow.stop()

@@ -65,6 +65,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v2/repository/models/{model}/unload",
             post(repository_unload),
         )
+        .route("/v2/repository/webhooks/mlflow", post(mlflow_webhook))
         .fallback(no_route)
         // Bodies are read with our own limit so an oversize one gets our 413 body.
         .layer(DefaultBodyLimit::disable())
@@ -424,4 +425,30 @@ async fn repository_unload(
     control_request(&headers, body, &["unload_dependents"]).await?;
     state.unload_model(&model).await?;
     Ok(StatusCode::OK)
+}
+
+/// MLflow registry webhook: verified, then the sources are re-read at once.
+async fn mlflow_webhook(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(secret) = state.settings.mlflow_webhook_secret.as_deref() else {
+        return Err(ApiError::new(
+            crate::error::ErrorKind::PermissionDenied,
+            "MLflow webhooks are disabled; start the server with --mlflow-webhook-secret",
+        ));
+    };
+    let body = read_body(body, &headers, 1 << 20).await?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    crate::webhook::verify(
+        secret,
+        header("x-mlflow-delivery-id"),
+        header("x-mlflow-timestamp"),
+        header("x-mlflow-signature"),
+        &body,
+        crate::webhook::unix_now(),
+    )?;
+    state.poke();
+    Ok(axum::Json(json!({"accepted": true})).into_response())
 }

@@ -33,6 +33,7 @@ pub fn settings() -> Settings {
         model_control: false,
         strict_readiness: true,
         max_request_bytes: 1 << 20,
+        mlflow_webhook_secret: None,
     }
 }
 
