@@ -52,6 +52,10 @@ pub struct Catalog {
     pub models: BTreeMap<String, ModelEntry>,
     /// Every model the sources list, loaded or not (for the repository index).
     pub known_models: Vec<String>,
+    /// Endpoints and their variants; swapped together with the models.
+    pub routes: Arc<crate::routing::RouteTable>,
+    /// Why the route file's latest content was refused (the previous routes stay).
+    pub routes_error: Option<String>,
 }
 
 /// A row of the repository index.
@@ -110,6 +114,27 @@ impl Catalog {
                 )))
             }
         }
+    }
+
+    /// The loaded version a route target means (fixed version, alias, or default).
+    pub fn resolve(&self, target: &crate::routing::Target) -> Result<Arc<ModelVersion>, ApiError> {
+        let version = match (&target.version, &target.alias) {
+            (Some(v), _) => Some(v.to_string()),
+            (None, Some(alias)) => {
+                let entry = self.models.get(&target.model).ok_or_else(|| {
+                    ApiError::unavailable(format!("model `{}` is not loaded", target.model))
+                })?;
+                let version = entry.aliases.get(alias).ok_or_else(|| {
+                    ApiError::unavailable(format!(
+                        "model `{}` has no alias `{alias}`",
+                        target.model
+                    ))
+                })?;
+                Some(version.to_string())
+            }
+            (None, None) => None,
+        };
+        self.lookup(&target.model, version.as_deref())
     }
 
     /// Whether every model has at least one version serving.

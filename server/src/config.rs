@@ -65,6 +65,12 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MLFLOW_WEBHOOK_SECRET", hide_env_values = true)]
     pub mlflow_webhook_secret: Option<String>,
 
+    /// Route file: endpoints with weighted variants, stickiness, shadows and canary
+    /// policies (re-read with the models; a bad file keeps the previous routes).
+    /// Default: `routes.yaml` in the first local model repository, if present.
+    #[arg(long, env = "SWITCHYARD_ROUTES")]
+    pub routes: Option<PathBuf>,
+
     /// In local folders, take a version only once `<version>/READY` exists.
     #[arg(long, env = "SWITCHYARD_REQUIRE_READY_MARKER")]
     pub require_ready_marker: bool,

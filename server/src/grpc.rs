@@ -232,6 +232,20 @@ pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, ApiErr
         outputs,
         priority,
         timeout,
+        headers: http::HeaderMap::new(),
+        parameters: parameters
+            .iter()
+            .filter_map(|(k, v)| {
+                use switchyard_proto::infer_parameter::ParameterChoice;
+                let text = match v.parameter_choice.as_ref()? {
+                    ParameterChoice::StringParam(s) => s.clone(),
+                    ParameterChoice::Int64Param(i) => i.to_string(),
+                    ParameterChoice::Uint64Param(u) => u.to_string(),
+                    _ => return None,
+                };
+                Some((k.clone(), text))
+            })
+            .collect(),
     })
 }
 
@@ -343,8 +357,12 @@ impl GrpcInferenceService for GrpcService {
             model: None,
             started: Instant::now(),
         };
+        let headers = request.metadata().clone().into_headers();
         let result = match decode_request(request.into_inner()) {
-            Ok(decoded) => infer(&self.state, decoded, &mut served).await,
+            Ok(mut decoded) => {
+                decoded.headers = headers;
+                infer(&self.state, decoded, &mut served).await
+            }
             Err(err) => Err(err),
         };
         let (model_label, version_label) = served
@@ -363,7 +381,18 @@ impl GrpcInferenceService for GrpcService {
             outcome,
             served.started.elapsed(),
         );
-        Ok(Response::new(encode_response(result?)))
+        let response = result?;
+        let routed = response.routed.clone();
+        let mut reply = Response::new(encode_response(response));
+        if let Some((endpoint, variant)) = routed
+            && let (Ok(endpoint), Ok(variant)) = (endpoint.parse(), variant.parse())
+        {
+            reply
+                .metadata_mut()
+                .insert("x-switchyard-endpoint", endpoint);
+            reply.metadata_mut().insert("x-switchyard-variant", variant);
+        }
+        Ok(reply)
     }
 
     async fn repository_index(

@@ -25,6 +25,10 @@ pub struct InferRequest {
     pub priority: Option<u32>,
     /// The `timeout` parameter (µs): may only shorten the model's default.
     pub timeout: Option<std::time::Duration>,
+    /// Request headers (HTTP) or metadata (gRPC): routing reads pins and sticky keys here.
+    pub headers: http::HeaderMap,
+    /// String and number request parameters, as text (for sticky keys).
+    pub parameters: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,7 +37,12 @@ pub struct InferResponse {
     pub model_version: String,
     pub id: Option<String>,
     pub outputs: Vec<Tensor>,
+    /// When the request went through a route.
+    pub routed: Option<Routed>,
 }
+
+/// (endpoint, variant) that served a routed request.
+pub type Routed = (String, String);
 
 /// Reads the `priority` and `timeout` request parameters (0 means "default").
 pub fn queue_parameters(
@@ -164,6 +173,59 @@ pub struct Served {
     pub started: Instant,
 }
 
+/// Picks the model version for a request: an endpoint's variant, or the model itself.
+fn route(
+    state: &AppState,
+    catalog: &crate::catalog::Catalog,
+    request: &InferRequest,
+) -> Result<(Arc<ModelVersion>, Option<Routed>), ApiError> {
+    let Some(endpoint) = catalog.routes.endpoints.get(&request.model) else {
+        return Ok((
+            catalog.lookup(&request.model, request.version.as_deref())?,
+            None,
+        ));
+    };
+    if request.version.is_some() {
+        return Err(ApiError::invalid(format!(
+            "`{}` is an endpoint; its variants choose the version (pin one with the {} header)",
+            endpoint.name, endpoint.override_header
+        )));
+    }
+    let ready: Vec<bool> = endpoint
+        .variants
+        .iter()
+        .map(|v| catalog.resolve(&v.target).is_ok())
+        .collect();
+    let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
+    let sticky = match &endpoint.sticky {
+        Some(crate::routing::StickyKey::Header(name)) => header(name),
+        Some(crate::routing::StickyKey::Parameter(name)) => {
+            request.parameters.get(name).map(String::as_str)
+        }
+        None => None,
+    };
+    let index = crate::routing::choose(
+        endpoint,
+        &ready,
+        header(&endpoint.override_header),
+        sticky,
+        rand::random(),
+    )?;
+    let variant = &endpoint.variants[index];
+    let model = catalog.resolve(&variant.target)?;
+    if let Some(shadow) = &endpoint.shadow
+        && rand::random::<f64>() * 100.0 < shadow.percent
+        && let Ok(shadow_model) = catalog.resolve(&shadow.target)
+    {
+        state.traffic.offer_shadow(crate::traffic::ShadowJob {
+            endpoint: endpoint.name.clone(),
+            model: shadow_model,
+            inputs: request.inputs.clone(),
+        });
+    }
+    Ok((model, Some((endpoint.name.clone(), variant.name.clone()))))
+}
+
 /// Resolves, validates and runs a request. `served.model` is set once the
 /// model is known, so edges can label metrics even for failures.
 pub async fn infer(
@@ -172,10 +234,22 @@ pub async fn infer(
     served: &mut Served,
 ) -> Result<InferResponse, ApiError> {
     let catalog = state.catalog();
-    let model = catalog.lookup(&request.model, request.version.as_deref())?;
+    let (model, routed) = route(state, &catalog, &request)?;
     served.model = Some(model.clone());
     drop(catalog);
-    validate(&model, &request)?;
+    let result = run(&model, request).await;
+    if let Some((endpoint, variant)) = &routed {
+        state
+            .traffic
+            .record(endpoint, variant, result.is_ok(), served.started.elapsed());
+    }
+    let mut response = result?;
+    response.routed = routed;
+    Ok(response)
+}
+
+async fn run(model: &Arc<ModelVersion>, request: InferRequest) -> Result<InferResponse, ApiError> {
+    validate(model, &request)?;
     let InferRequest {
         id,
         inputs,
@@ -207,6 +281,7 @@ pub async fn infer(
         model_version: model.version.to_string(),
         id,
         outputs,
+        routed: None,
     })
 }
 

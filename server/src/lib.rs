@@ -16,8 +16,10 @@ pub mod model;
 pub mod model_config;
 pub mod pbtxt;
 pub mod repository;
+pub mod routing;
 pub mod source;
 pub mod state;
+pub mod traffic;
 pub mod webhook;
 
 use std::future::Future;
@@ -103,6 +105,8 @@ pub async fn serve(
     if let Some(interval) = options.poll_interval {
         tasks.spawn(state.clone().poll_sources(interval, close.clone()));
     }
+    tasks.spawn(traffic::run_shadow_workers(state.clone(), close.clone()));
+    tasks.spawn(traffic::run_canary_controller(state.clone(), close.clone()));
 
     let http = axum::serve(http_listener, http::router(state.clone()))
         .with_graceful_shutdown(close.clone().cancelled_owned());

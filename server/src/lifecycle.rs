@@ -62,6 +62,10 @@ pub struct Lifecycle {
     unloaded: BTreeSet<String>,
     /// The last reachability error of each source, by index.
     source_errors: BTreeMap<usize, String>,
+    /// The route file, re-read on every reconcile.
+    routes_path: Option<PathBuf>,
+    /// The route file text behind the routes in force.
+    routes_text: Option<String>,
 }
 
 /// What one reconcile changed.
@@ -80,6 +84,66 @@ impl Lifecycle {
             tracked: HashMap::new(),
             unloaded: BTreeSet::new(),
             source_errors: BTreeMap::new(),
+            routes_path: None,
+            routes_text: None,
+        }
+    }
+
+    /// Serve the endpoints of this route file (watched like the models).
+    pub fn with_routes(mut self, path: Option<PathBuf>) -> Self {
+        self.routes_path = path;
+        self
+    }
+
+    /// Re-reads the route file; a refused file leaves the routes in force.
+    fn refresh_routes(&mut self, next: &mut Catalog) {
+        let Some(path) = &self.routes_path else {
+            return;
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => {
+                next.routes_error = Some(format!("{}: {err}", path.display()));
+                return;
+            }
+        };
+        if text == self.routes_text {
+            return;
+        }
+        let models: BTreeSet<String> = next
+            .known_models
+            .iter()
+            .cloned()
+            .chain(next.models.keys().cloned())
+            .collect();
+        let parsed = match &text {
+            None => Ok(crate::routing::RouteTable::default()),
+            Some(text) => crate::routing::parse(text, &models),
+        };
+        match parsed {
+            Ok(routes) => {
+                info!(path = %path.display(), endpoints = routes.endpoints.len(), "Routes loaded.");
+                for endpoint in routes.endpoints.values() {
+                    for variant in &endpoint.variants {
+                        self.metrics.set_route_weight(
+                            &endpoint.name,
+                            &variant.name,
+                            variant.weight,
+                        );
+                    }
+                }
+                next.routes = Arc::new(routes);
+                next.routes_error = None;
+                self.routes_text = text;
+            }
+            Err(reason) => {
+                if next.routes_error.as_deref() != Some(reason.as_str()) {
+                    warn!(path = %path.display(), %reason, "Route file refused; the previous routes keep serving.");
+                    self.metrics.route_file_error();
+                }
+                next.routes_error = Some(format!("{}: {reason}", path.display()));
+            }
         }
     }
 
@@ -241,6 +305,9 @@ impl Lifecycle {
                     .set_model_ready(&model, &version.to_string(), true);
             }
             next.models.insert(model, entry);
+        }
+        if only.is_none() {
+            self.refresh_routes(&mut next);
         }
         (next, outcome)
     }

@@ -66,7 +66,12 @@ async fn run(config: Config) -> Result<(), String> {
         }
     }
     let metrics = Metrics::new().map_err(|err| format!("setting up metrics: {err}"))?;
-    let lifecycle = Lifecycle::new(sources, config.model_defaults(), metrics.clone());
+    let routes = config
+        .routes
+        .clone()
+        .or_else(|| watched.first().map(|dir| dir.join("routes.yaml")));
+    let lifecycle =
+        Lifecycle::new(sources, config.model_defaults(), metrics.clone()).with_routes(routes);
     let state = AppState::new(
         lifecycle,
         metrics,

@@ -34,6 +34,12 @@ pub struct Metrics {
     model_load_time: HistogramVec,
     source_errors: IntCounterVec,
     source_up: IntGaugeVec,
+    endpoint_requests: IntCounterVec,
+    endpoint_latency: HistogramVec,
+    shadow_dropped: IntCounterVec,
+    canary_decisions: IntCounterVec,
+    canary_weight: prometheus::GaugeVec,
+    routes_errors: prometheus::IntCounter,
 }
 
 /// Model load times: 10 ms to 10 min.
@@ -170,6 +176,52 @@ impl Metrics {
             ),
             &["source"],
         )?;
+        let endpoint_requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_endpoint_requests_total",
+                "Routed requests by endpoint, variant (or `shadow`) and outcome.",
+            ),
+            &["endpoint", "variant", "outcome"],
+        )?;
+        let endpoint_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_endpoint_request_duration_seconds",
+                "Latency of successful routed requests.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["endpoint", "variant"],
+        )?;
+        let shadow_dropped = IntCounterVec::new(
+            Opts::new(
+                "switchyard_shadow_dropped_total",
+                "Shadow copies dropped because the shadow queue was full.",
+            ),
+            &["endpoint"],
+        )?;
+        let canary_decisions = IntCounterVec::new(
+            Opts::new(
+                "switchyard_canary_decisions_total",
+                "Canary checks by decision (wait, hold, step_up, promote, rollback).",
+            ),
+            &["endpoint", "decision"],
+        )?;
+        let canary_weight = prometheus::GaugeVec::new(
+            Opts::new(
+                "switchyard_route_weight",
+                "Current traffic weight of each endpoint variant.",
+            ),
+            &["endpoint", "variant"],
+        )?;
+        let routes_errors = prometheus::IntCounter::new(
+            "switchyard_route_file_errors_total",
+            "Route file contents refused (the previous routes kept serving).",
+        )?;
+        registry.register(Box::new(endpoint_requests.clone()))?;
+        registry.register(Box::new(endpoint_latency.clone()))?;
+        registry.register(Box::new(shadow_dropped.clone()))?;
+        registry.register(Box::new(canary_decisions.clone()))?;
+        registry.register(Box::new(canary_weight.clone()))?;
+        registry.register(Box::new(routes_errors.clone()))?;
         registry.register(Box::new(model_loads.clone()))?;
         registry.register(Box::new(model_load_time.clone()))?;
         registry.register(Box::new(source_errors.clone()))?;
@@ -200,7 +252,44 @@ impl Metrics {
             model_load_time,
             source_errors,
             source_up,
+            endpoint_requests,
+            endpoint_latency,
+            shadow_dropped,
+            canary_decisions,
+            canary_weight,
+            routes_errors,
         })
+    }
+
+    pub fn observe_endpoint(&self, endpoint: &str, variant: &str, outcome: &str, took: Duration) {
+        self.endpoint_requests
+            .with_label_values(&[endpoint, variant, outcome])
+            .inc();
+        if outcome == "success" {
+            self.endpoint_latency
+                .with_label_values(&[endpoint, variant])
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn shadow_dropped(&self, endpoint: &str) {
+        self.shadow_dropped.with_label_values(&[endpoint]).inc();
+    }
+
+    pub fn canary_decision(&self, endpoint: &str, decision: &str) {
+        self.canary_decisions
+            .with_label_values(&[endpoint, decision])
+            .inc();
+    }
+
+    pub fn set_route_weight(&self, endpoint: &str, variant: &str, weight: f64) {
+        self.canary_weight
+            .with_label_values(&[endpoint, variant])
+            .set(weight);
+    }
+
+    pub fn route_file_error(&self) {
+        self.routes_errors.inc();
     }
 
     pub fn observe_model_load(&self, model: &str, outcome: &str, took: Duration) {

@@ -39,6 +39,8 @@ pub struct AppState {
     draining: AtomicBool,
     /// Wakes the repository poller early (a file changed, a webhook arrived).
     poke: Notify,
+    /// Per-variant outcomes, canary rollouts and shadow copies of routed endpoints.
+    pub traffic: crate::traffic::Traffic,
 }
 
 impl AppState {
@@ -46,10 +48,11 @@ impl AppState {
         Arc::new(AppState {
             catalog: ArcSwap::from_pointee(Catalog::default()),
             lifecycle: Mutex::new(lifecycle),
-            metrics,
             settings,
             draining: AtomicBool::new(false),
             poke: Notify::new(),
+            traffic: crate::traffic::Traffic::new(metrics.clone()),
+            metrics,
         })
     }
 
@@ -86,6 +89,31 @@ impl AppState {
         for (model, version) in outcome.loaded {
             info!(model, version, "Swapped in.");
         }
+    }
+
+    /// Sets a canary's share of its endpoint (the stable gets the rest), as one catalog swap.
+    pub async fn set_canary_weight(self: &Arc<Self>, endpoint: &str, percent: f64) {
+        let _lifecycle = self.lifecycle.lock().await;
+        let current = self.catalog.load_full();
+        let Some(existing) = current.routes.endpoints.get(endpoint) else {
+            return;
+        };
+        let Some(policy) = existing.canary.clone() else {
+            return;
+        };
+        let mut updated = (**existing).clone();
+        crate::routing::set_canary_weight(&mut updated, &policy, percent);
+        for variant in &updated.variants {
+            self.metrics
+                .set_route_weight(endpoint, &variant.name, variant.weight);
+        }
+        let mut routes = (*current.routes).clone();
+        routes
+            .endpoints
+            .insert(endpoint.to_owned(), Arc::new(updated));
+        let mut next = (*current).clone();
+        next.routes = Arc::new(routes);
+        self.catalog.store(Arc::new(next));
     }
 
     /// Asks the poller to look at the sources now.

@@ -216,6 +216,17 @@ pub fn decode_request(
             outputs,
             priority,
             timeout,
+            headers: http::HeaderMap::new(),
+            parameters: parsed
+                .parameters
+                .iter()
+                .flatten()
+                .filter_map(|(k, v)| match v {
+                    Value::String(s) => Some((k.clone(), s.clone())),
+                    Value::Number(n) => Some((k.clone(), n.to_string())),
+                    _ => None,
+                })
+                .collect(),
         },
         binary: BinaryPrefs {
             default: binary_output_default,
@@ -683,6 +694,7 @@ mod tests {
             model_name: "m".into(),
             model_version: "1".into(),
             id: Some("req-1".into()),
+            routed: None,
             outputs: vec![
                 Tensor::from_slice("a", DataType::Fp32, vec![2], &[1.0f32, 2.0]).unwrap(),
                 Tensor::from_slice("b", DataType::Int64, vec![1], &[7i64]).unwrap(),

@@ -66,6 +66,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(repository_unload),
         )
         .route("/v2/repository/webhooks/mlflow", post(mlflow_webhook))
+        .route("/v2/endpoints", get(list_endpoints))
+        .route("/v2/endpoints/{endpoint}", get(get_endpoint))
         .fallback(no_route)
         // Bodies are read with our own limit so an oversize one gets our 413 body.
         .layer(DefaultBodyLimit::disable())
@@ -308,9 +310,11 @@ async fn infer_http(
             ),
         };
         let body = read_body(body, &headers, state.settings.max_request_bytes).await?;
-        let decoded = decode_request(&model, version.as_deref(), body, header_length)?;
+        let mut decoded = decode_request(&model, version.as_deref(), body, header_length)?;
+        decoded.request.headers = headers.clone();
         let response = infer(&state, decoded.request, &mut served).await?;
-        encode_response(&decoded.binary, &response)
+        let routed = response.routed.clone();
+        encode_response(&decoded.binary, &response).map(|encoded| (encoded, routed))
     }
     .await;
     let (model_label, version_label) = served
@@ -330,9 +334,18 @@ async fn infer_http(
         served.started.elapsed(),
     );
     match result {
-        Ok(encoded) => {
+        Ok((encoded, routed)) => {
             let mut response = Response::new(Body::from(encoded.body));
             let headers = response.headers_mut();
+            if let Some((endpoint, variant)) = routed
+                && let (Ok(endpoint), Ok(variant)) = (
+                    HeaderValue::try_from(endpoint),
+                    HeaderValue::try_from(variant),
+                )
+            {
+                headers.insert("x-switchyard-endpoint", endpoint);
+                headers.insert("x-switchyard-variant", variant);
+            }
             match encoded.json_length {
                 Some(len) => {
                     headers.insert(
@@ -451,4 +464,65 @@ async fn mlflow_webhook(
     )?;
     state.poke();
     Ok(axum::Json(json!({"accepted": true})).into_response())
+}
+
+/// One endpoint with its variants' weights and readiness and its canary's state.
+fn endpoint_json(
+    state: &AppState,
+    catalog: &crate::catalog::Catalog,
+    endpoint: &crate::routing::Endpoint,
+) -> serde_json::Value {
+    let canaries = state.traffic.canary_states();
+    let variants: Vec<serde_json::Value> = endpoint
+        .variants
+        .iter()
+        .map(|v| {
+            let served = catalog.resolve(&v.target).ok();
+            json!({
+                "name": v.name,
+                "model": v.target.model,
+                "version": v.target.version,
+                "alias": v.target.alias,
+                "weight": v.weight,
+                "ready": served.is_some(),
+                "serving_version": served.map(|m| m.version.to_string()),
+            })
+        })
+        .collect();
+    json!({
+        "name": endpoint.name,
+        "variants": variants,
+        "override_header": endpoint.override_header,
+        "sticky": endpoint.sticky,
+        "shadow": endpoint.shadow,
+        "canary": endpoint.canary.as_ref().map(|policy| json!({
+            "policy": policy,
+            "state": canaries.get(&endpoint.name),
+        })),
+    })
+}
+
+async fn list_endpoints(State(state): State<Arc<AppState>>) -> Response {
+    let catalog = state.catalog();
+    let endpoints: Vec<serde_json::Value> = catalog
+        .routes
+        .endpoints
+        .values()
+        .map(|e| endpoint_json(&state, &catalog, e))
+        .collect();
+    axum::Json(json!({"endpoints": endpoints, "route_file_error": catalog.routes_error}))
+        .into_response()
+}
+
+async fn get_endpoint(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let catalog = state.catalog();
+    let endpoint = catalog
+        .routes
+        .endpoints
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("unknown endpoint `{name}`")))?;
+    Ok(axum::Json(endpoint_json(&state, &catalog, endpoint)).into_response())
 }
