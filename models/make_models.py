@@ -160,6 +160,20 @@ def make_versioned(version: int, padding_mb: float = 0.0) -> onnx.ModelProto:
     return finish(graph)
 
 
+def make_broken() -> onnx.ModelProto:
+    """Loads fine but fails at run time for batches of 2 (8 elements cannot be
+    reshaped to [3, -1]): a deliberately broken canary for routing tests."""
+    shape = numpy_helper.from_array(np.array([3, -1], dtype=np.int64), "bad_shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "bad_shape"], ["y"], name="bad_reshape")],
+        "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, "rest"])],
+        initializer=[shape],
+    )
+    return finish(graph)
+
+
 SAMPLES = {
     "mlp": make_mlp,
     "iris": make_iris,

@@ -1,0 +1,223 @@
+"""Endpoints with weighted variants against the real binary: split accuracy,
+sticky keys, pinned variants, shadow traffic that never touches the primary,
+canary promotion and rollback, and a refused route file that keeps the
+previous routes serving."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import requests
+
+from conftest import Server
+from lifecycle_helpers import index, make_models, versioned_bytes, wait_for, write_version
+
+BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": list(range(8))}]}
+
+
+def repo_with(tmp_path, routes: str):
+    (tmp_path / "versioned").mkdir()
+    (tmp_path / "versioned" / "config.yaml").write_text("version_policy: all\n")
+    write_version(tmp_path, "versioned", 1)
+    write_version(tmp_path, "versioned", 2)
+    (tmp_path / "routes.yaml").write_text(routes)
+    return tmp_path
+
+
+def call(server, endpoint="scoring", headers=None, session=None):
+    response = (session or requests).post(f"http://{server.http}/v2/models/{endpoint}/infer", json=BODY,
+                                          headers=headers or {}, timeout=10)
+    return response
+
+
+SPLIT = """
+endpoints:
+  scoring:
+    variants:
+      - {name: stable, model: versioned, version: 1, weight: 90}
+      - {name: canary, model: versioned, version: 2, weight: 10}
+    sticky: {header: x-user}
+"""
+
+
+def test_split_sticky_and_pinned(tmp_path):
+    server = Server(repository=repo_with(tmp_path, SPLIT))
+    try:
+        session = requests.Session()
+        counts = Counter()
+        for _ in range(4000):
+            response = call(server, session=session)
+            assert response.status_code == 200, response.text
+            variant = response.headers["x-switchyard-variant"]
+            version = response.json()["model_version"]
+            assert (variant, version) in {("stable", "1"), ("canary", "2")}
+            assert response.json()["model_name"] == "versioned"
+            counts[variant] += 1
+        share = counts["canary"] / 4000
+        assert abs(share - 0.10) <= 0.02, counts
+        # Sticky keys always land on the same variant.
+        for user in range(30):
+            seen = {call(server, headers={"x-user": f"u{user}"}, session=session).headers["x-switchyard-variant"]
+                    for _ in range(10)}
+            assert len(seen) == 1, (user, seen)
+        # The pin header overrides weights and stickiness.
+        for _ in range(20):
+            response = call(server, headers={"x-switchyard-variant": "canary", "x-user": "u1"}, session=session)
+            assert response.headers["x-switchyard-variant"] == "canary"
+        bad = call(server, headers={"x-switchyard-variant": "nope"})
+        assert bad.status_code == 400 and "no variant `nope`" in bad.json()["error"]
+        status = requests.get(f"http://{server.http}/v2/endpoints/scoring", timeout=10).json()
+        assert [(v["name"], v["weight"], v["ready"]) for v in status["variants"]] == [("stable", 90.0, True), ("canary", 10.0, True)]
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_refused_route_file_keeps_the_previous_routes(tmp_path):
+    repo = repo_with(tmp_path, SPLIT)
+    server = Server("--repository-poll-interval", "200ms", repository=repo)
+    try:
+        (repo / "routes.yaml").write_text(SPLIT.replace("model: versioned, version: 2", "model: nosuchmodel"))
+        status = wait_for(lambda: requests.get(f"http://{server.http}/v2/endpoints", timeout=10).json().get("route_file_error"),
+                          10, "the route file error")
+        assert "unknown model `nosuchmodel`" in status
+        (repo / "routes.yaml").write_text(SPLIT.replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 0"))
+        wait_for(lambda: "positive number" in (requests.get(f"http://{server.http}/v2/endpoints", timeout=10).json().get("route_file_error") or ""),
+                 10, "the zero-weight error")
+        assert call(server).status_code == 200  # the 90/10 routes still serve
+        metrics = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
+        assert "switchyard_route_file_errors_total 2" in metrics
+    finally:
+        assert server.stop() == 0
+
+
+SHADOW = """
+endpoints:
+  scoring:
+    variants:
+      - {name: stable, model: versioned, version: 1, weight: 1}
+    shadow: {model: slowshadow, percent: 100}
+"""
+
+
+def test_shadow_traffic_never_delays_or_fails_the_primary(tmp_path):
+    repo = repo_with(tmp_path, SHADOW.replace("percent: 100", "percent: 0"))
+    # The shadow waits 50 ms in its batcher per request (slow without burning CPU)
+    # and refuses beyond 2 queued requests: it is both slow and failing.
+    (repo / "slowshadow").mkdir()
+    (repo / "slowshadow" / "config.yaml").write_text(
+        "max_batch_size: 8\nqueue: {capacity: 2}\n"
+        "dynamic_batching: {max_queue_delay_us: 50000, dispatch_when_idle: false, preferred_batch_sizes: [8]}\n"
+    )
+    write_version(repo, "slowshadow", 1, versioned_bytes(7))
+    server = Server("--repository-poll-interval", "200ms", repository=repo)
+
+    def primary_latencies(n=400):
+        session = requests.Session()
+        out = []
+        for _ in range(n):
+            started = time.perf_counter()
+            response = call(server, session=session)
+            out.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+            assert response.json()["model_version"] == "1"
+        return np.array(out) * 1000
+
+    try:
+        without = primary_latencies()
+        (repo / "routes.yaml").write_text(SHADOW)
+        wait_for(lambda: requests.get(f"http://{server.http}/v2/endpoints/scoring", timeout=10).json()["shadow"]["percent"] == 100,
+                 10, "the shadow route")
+        with_shadow = primary_latencies()
+        p99_without, p99_with = np.percentile(without, 99), np.percentile(with_shadow, 99)
+        assert p99_with < 2 * p99_without + 5, (p99_without, p99_with)
+        metrics = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
+        shadow_lines = [line for line in metrics.splitlines() if 'variant="shadow"' in line and "requests_total" in line]
+        assert any('outcome="failure"' in line for line in shadow_lines), shadow_lines  # shadow errors stayed inside
+        assert any('outcome="success"' in line for line in shadow_lines), shadow_lines
+    finally:
+        assert server.stop() == 0
+
+
+CANARY = """
+endpoints:
+  scoring:
+    variants:
+      - {name: stable, model: versioned, version: 1, weight: 100}
+      - {name: canary, model: CANARY_MODEL}
+    canary:
+      stable: stable
+      canary: canary
+      steps: [20, 50, 100]
+      interval: 400ms
+      min_requests: 5
+      min_success_rate: 99
+      max_p99_ratio: 20
+      failures_to_rollback: 1
+"""
+
+
+def run_load(server, seconds):
+    session = requests.Session()
+    results = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        response = call(server, session=session)
+        variant = response.headers.get("x-switchyard-variant")
+        results.append((time.monotonic(), response.status_code, variant, response.text[:200]))
+    return results
+
+
+def canary_state(server) -> dict:
+    # None until the controller's first tick (every 50 ms) has seen the endpoint.
+    return requests.get(f"http://{server.http}/v2/endpoints/scoring", timeout=10).json()["canary"]["state"] or {}
+
+
+def test_a_healthy_canary_is_promoted_step_by_step(tmp_path):
+    server = Server(repository=repo_with(tmp_path, CANARY.replace("CANARY_MODEL", "versioned, version: 2")))
+    try:
+        results = run_load(server, 0.3)
+        wait_for(lambda: (run_load(server, 0.2), canary_state(server))[1].get("phase") == "promoted", 20, "promotion")
+        results += run_load(server, 0.5)
+        assert all(status == 200 for _, status, _, _ in results)
+        status = requests.get(f"http://{server.http}/v2/endpoints/scoring", timeout=10).json()
+        assert [(v["name"], v["weight"]) for v in status["variants"]] == [("stable", 0.0), ("canary", 100.0)]
+        tail = run_load(server, 0.3)
+        assert {variant for _, _, variant, _ in tail} == {"canary"}
+        metrics = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
+        assert 'switchyard_canary_decisions_total{decision="step_up",endpoint="scoring"} 2' in metrics
+        assert 'switchyard_canary_decisions_total{decision="promote",endpoint="scoring"} 1' in metrics
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_broken_canary_is_rolled_back_and_only_its_share_fails(tmp_path):
+    repo = repo_with(tmp_path, CANARY.replace("CANARY_MODEL", "broken"))
+    (repo / "broken").mkdir()
+    (repo / "broken" / "config.yaml").write_text("warmup: false\n")
+    write_version(repo, "broken", 1, make_models.make_broken().SerializeToString())
+    server = Server(repository=repo)
+    try:
+        started = time.monotonic()
+        results = []
+        while canary_state(server).get("phase") != "rolled_back":
+            results += run_load(server, 0.2)
+            assert time.monotonic() - started < 20, "no rollback"
+        rolled_back_after = time.monotonic() - started
+        failures = [r for r in results if r[1] != 200]
+        assert failures, "the broken canary never got traffic"
+        assert all(variant == "canary" or variant is None for _, _, variant, _ in failures)
+        share = len(failures) / len(results)
+        assert share < 0.35, share  # at most the canary's 20% step, give or take
+        assert rolled_back_after < 3, rolled_back_after  # within a few 400 ms intervals
+        state = canary_state(server)
+        assert "success rate" in state["last_reason"], state
+        after = run_load(server, 0.5)
+        assert all(status == 200 and variant == "stable" for _, status, variant, _ in after)
+        metrics = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
+        assert 'switchyard_endpoint_requests_total{endpoint="scoring",outcome="failure",variant="stable"}' not in metrics
+        # The canary stays loaded for inspection.
+        assert any(r["name"] == "broken" and r["state"] == "READY" for r in index(server.http))
+    finally:
+        assert server.stop() == 0
