@@ -10,6 +10,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Real services the tests start (MLflow, moto), kept apart from the client venv.
 SERVICES_VENV := .venv-services
+# MLServer (the remote runtime's real upstream in tests; a peer in benchmarks).
+MLSERVER_VENV := .cache/bench/mlserver
 export ORT_DYLIB_PATH ?= $(CURDIR)/.cache/onnxruntime/lib/libonnxruntime.so
 ARGS ?=
 
@@ -22,7 +24,7 @@ run: setup build-release
 	./target/release/switchyard --model-repository models $(ARGS)
 
 ## Run the whole test suite: Rust unit and integration tests, then real-client Python tests.
-test: setup $(SERVICES_VENV)/.installed
+test: setup $(SERVICES_VENV)/.installed $(MLSERVER_VENV)/.installed
 	$(CARGO) build --locked --workspace --all-targets
 	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
 	$(MAKE) rust-test python-test
@@ -39,6 +41,11 @@ onnxruntime:
 $(VENV)/.installed: tests/python/requirements.txt models/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+$(MLSERVER_VENV)/.installed: bench/peers/mlserver-requirements.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/peers/mlserver-requirements.txt
 	touch $@
 
 $(SERVICES_VENV)/.installed: tests/python/services-requirements.txt

@@ -1,14 +1,16 @@
 //! Switchyard's runtimes: tensors, model signatures, the blocking `Runtime`
-//! trait, and its backends (ONNX Runtime in process). Knows nothing of HTTP,
-//! gRPC or the batching and routing that the server puts in front.
+//! trait, and its backends (ONNX Runtime in process; a remote KServe v2
+//! upstream over a gRPC client). Knows nothing of serving HTTP or gRPC, nor
+//! of the batching and routing that the server puts in front.
 
 pub mod datatype;
 pub mod onnx;
+pub mod remote;
 pub mod runtime;
 pub mod signature;
 pub mod tensor;
 
 pub use datatype::{DataType, UnknownDataType};
-pub use runtime::{Runtime, RuntimeError};
+pub use runtime::{Health, Runtime, RuntimeError};
 pub use signature::{Signature, TensorSpec};
 pub use tensor::{Tensor, TensorError, element_count};

@@ -10,6 +10,18 @@ pub trait Runtime: Send {
     /// Runs the model. `inputs` match the signature (names, types, shapes);
     /// the result holds every output of the signature, in its order.
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>;
+
+    /// Health shared by every instance, for runtimes that can become
+    /// unreachable (remote upstreams); `None` = always healthy once loaded.
+    fn health(&self) -> Option<std::sync::Arc<dyn Health>> {
+        None
+    }
+}
+
+/// Whether a runtime can serve right now, and if not, why.
+pub trait Health: Send + Sync {
+    fn is_healthy(&self) -> bool;
+    fn reason(&self) -> String;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +35,9 @@ pub enum RuntimeError {
     /// The runtime failed while running the model.
     #[error("{0}")]
     Execution(String),
+    /// The runtime cannot be reached right now (a remote upstream is down).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Tensor(#[from] TensorError),
 }

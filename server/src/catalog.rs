@@ -35,7 +35,7 @@ impl ModelEntry {
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.versions.is_empty()
+        self.versions.values().any(|v| v.unhealthy().is_none())
     }
 
     /// Why the model cannot serve, for error messages.
@@ -70,8 +70,23 @@ pub struct IndexRow {
 }
 
 impl Catalog {
-    /// Finds the version a request names, or the highest loaded one.
+    /// Finds the version a request names, or the highest loaded one; a version
+    /// whose upstream is down is refused at once (503), not after a timeout.
     pub fn lookup(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<ModelVersion>, ApiError> {
+        let found = self.lookup_loaded(model, version)?;
+        if let Some(reason) = found.unhealthy() {
+            return Err(ApiError::unavailable(format!(
+                "model `{model}` is not ready: {reason}"
+            )));
+        }
+        Ok(found)
+    }
+
+    fn lookup_loaded(
         &self,
         model: &str,
         version: Option<&str>,
@@ -147,7 +162,16 @@ impl Catalog {
     pub fn index(&self, ready_only: bool) -> Vec<IndexRow> {
         let mut rows = Vec::new();
         for (name, entry) in &self.models {
-            for version in entry.versions.keys() {
+            for (version, loaded) in &entry.versions {
+                if let Some(reason) = loaded.unhealthy() {
+                    rows.push(IndexRow {
+                        name: name.clone(),
+                        version: version.to_string(),
+                        state: "UNAVAILABLE",
+                        reason,
+                    });
+                    continue;
+                }
                 rows.push(IndexRow {
                     name: name.clone(),
                     version: version.to_string(),

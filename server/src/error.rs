@@ -126,7 +126,9 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::InvalidInput(_) | RuntimeError::Tensor(_) => {
                 ApiError::invalid(err.to_string())
             }
-            RuntimeError::Load(_) => ApiError::unavailable(err.to_string()),
+            RuntimeError::Load(_) | RuntimeError::Unavailable(_) => {
+                ApiError::unavailable(err.to_string())
+            }
             RuntimeError::Execution(_) => {
                 ApiError::internal(format!("model execution failed: {err}"))
             }

@@ -366,7 +366,19 @@ impl Lifecycle {
             }
         }
 
-        let present: Vec<u64> = listing.versions.keys().copied().collect();
+        // A remote model has no files: one version, identified by its config.
+        let remote_versions;
+        let listed_versions = if config.platform == crate::model_config::Platform::Remote {
+            let fingerprint = crate::source::content_key(&[listing
+                .config
+                .as_ref()
+                .map_or("", |(_, t)| t.as_str())]);
+            remote_versions = BTreeMap::from([(1u64, VersionListing { fingerprint })]);
+            &remote_versions
+        } else {
+            &listing.versions
+        };
+        let present: Vec<u64> = listed_versions.keys().copied().collect();
         let desired: Vec<u64> = match listing.pinned {
             Some(v) => vec![v],
             None => config.version_policy.select(&present),
@@ -376,7 +388,7 @@ impl Lifecycle {
         let mut failed: BTreeMap<u64, String> = BTreeMap::new();
         let mut waiting = false;
         for version in &desired {
-            let Some(listed) = listing.versions.get(version) else {
+            let Some(listed) = listed_versions.get(version) else {
                 failed.insert(
                     *version,
                     format!(
@@ -497,10 +509,14 @@ impl Lifecycle {
         config: &ModelConfig,
     ) -> Result<Arc<ModelVersion>, String> {
         let started = Instant::now();
-        let dir: PathBuf = self.sources[source_index]
-            .fetch(model, version, listed)
-            .await
-            .map_err(|e| e.to_string())?;
+        let dir: PathBuf = if config.platform == crate::model_config::Platform::Remote {
+            PathBuf::new()
+        } else {
+            self.sources[source_index]
+                .fetch(model, version, listed)
+                .await
+                .map_err(|e| e.to_string())?
+        };
         let (name, config, metrics) = (model.to_owned(), config.clone(), self.metrics.clone());
         let result = tokio::task::spawn_blocking(move || {
             ModelVersion::load(&name, version, &dir, &config, &metrics)

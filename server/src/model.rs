@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchyard_runtimes::onnx::OnnxRuntime;
+use switchyard_runtimes::remote::{RemoteOptions, RemoteRuntime, UpstreamPool};
 use switchyard_runtimes::{Runtime, RuntimeError, Signature, Tensor};
 use tokio::sync::mpsc;
 use tracing::{error, info};
@@ -23,6 +24,8 @@ use crate::model_config::{ModelConfig, Platform};
 pub fn model_file_name(platform: Platform) -> &'static str {
     match platform {
         Platform::Onnx => "model.onnx",
+        // Nothing on disk: the model lives on its upstreams.
+        Platform::Remote => "",
     }
 }
 
@@ -33,6 +36,8 @@ pub struct ModelVersion {
     pub config: ModelConfig,
     pub signature: Signature,
     batcher: BatcherHandle,
+    /// For runtimes that can become unreachable (remote upstreams).
+    health: Option<Arc<dyn switchyard_runtimes::Health>>,
 }
 
 impl std::fmt::Debug for ModelVersion {
@@ -56,19 +61,44 @@ impl ModelVersion {
         metrics: &Metrics,
     ) -> Result<Arc<Self>, String> {
         let started = Instant::now();
-        let file = version_dir.join(model_file_name(config.platform));
-        if !file.is_file() {
-            return Err(format!("{} is missing", file.display()));
-        }
         let mut runtimes: Vec<Box<dyn Runtime>> = Vec::with_capacity(config.instance_count);
-        for _ in 0..config.instance_count {
-            let runtime = match config.platform {
-                Platform::Onnx => {
-                    OnnxRuntime::load(&file, &config.onnx).map_err(|err| err.to_string())?
+        match (config.platform, &config.remote) {
+            (Platform::Remote, Some(remote)) => {
+                let options = RemoteOptions {
+                    upstreams: remote.upstreams.clone(),
+                    model: remote.model.clone().unwrap_or_else(|| name.to_owned()),
+                    version: remote.version.clone(),
+                    timeout: remote.timeout,
+                    connect_timeout: remote.connect_timeout,
+                    retries: remote.retries,
+                    retry_budget: remote.retry_budget,
+                    eject_after: remote.eject_after,
+                    probe_interval: remote.probe_interval,
+                };
+                let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+                    "a remote model must be loaded inside the server's runtime".to_owned()
+                })?;
+                let pool = UpstreamPool::new(options, handle).map_err(|e| e.to_string())?;
+                let first = RemoteRuntime::connect(pool).map_err(|e| e.to_string())?;
+                for _ in 1..config.instance_count {
+                    runtimes.push(Box::new(first.instance()));
                 }
-            };
-            runtimes.push(Box::new(runtime));
+                runtimes.push(Box::new(first));
+            }
+            _ => {
+                let file = version_dir.join(model_file_name(config.platform));
+                if !file.is_file() {
+                    return Err(format!("{} is missing", file.display()));
+                }
+                for _ in 0..config.instance_count {
+                    let runtime =
+                        OnnxRuntime::load(&file, &config.onnx).map_err(|err| err.to_string())?;
+                    runtimes.push(Box::new(runtime));
+                }
+            }
         }
+        let health = runtimes.first().and_then(|rt| rt.health());
+        let runtime_health = health.clone();
         let model_signature = runtimes
             .first()
             .map(|rt| rt.signature().clone())
@@ -93,6 +123,7 @@ impl ModelVersion {
             config: config.clone(),
             signature,
             batcher,
+            health: runtime_health,
         }))
     }
 
@@ -160,6 +191,14 @@ impl ModelVersion {
                 timeout,
             })
             .await
+    }
+
+    /// Why the version cannot serve right now, if it cannot (a remote upstream is down).
+    pub fn unhealthy(&self) -> Option<String> {
+        self.health
+            .as_ref()
+            .filter(|h| !h.is_healthy())
+            .map(|h| h.reason())
     }
 
     /// Requests waiting for a worker.

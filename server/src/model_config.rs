@@ -137,6 +137,36 @@ struct RawBatching {
     padding: Option<RawPadding>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemote {
+    upstreams: Vec<String>,
+    model: Option<String>,
+    version: Option<String>,
+    protocol: Option<String>,
+    timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    retries: Option<u32>,
+    retry_budget_percent: Option<f64>,
+    eject_after_failures: Option<u32>,
+    probe_interval_ms: Option<u64>,
+}
+
+/// A model served by KServe v2 upstreams (platform `remote`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteConfig {
+    pub upstreams: Vec<String>,
+    /// The model's name on the upstreams (default: the same name).
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub retries: u32,
+    pub retry_budget: f64,
+    pub eject_after: u32,
+    pub probe_interval: Duration,
+}
+
 /// `config.yaml` exactly as written; see `ModelConfig` for meanings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,6 +183,7 @@ struct RawModelConfig {
     dynamic_batching: Option<RawBatching>,
     onnx: Option<RawOnnxConfig>,
     warmup: Option<bool>,
+    remote: Option<RawRemote>,
 }
 
 /// What happens to a request whose timeout passes while it waits.
@@ -219,6 +250,8 @@ pub struct BatchingConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Platform {
     Onnx,
+    /// Forwarded to KServe v2 upstreams.
+    Remote,
 }
 
 impl Platform {
@@ -226,14 +259,16 @@ impl Platform {
     pub fn as_str(self) -> &'static str {
         match self {
             Platform::Onnx => "onnxruntime_onnx",
+            Platform::Remote => "remote",
         }
     }
 
     fn parse(name: &str) -> Result<Self, String> {
         match name {
             "onnxruntime_onnx" | "onnx" | "onnxruntime" => Ok(Platform::Onnx),
+            "remote" => Ok(Platform::Remote),
             other => Err(format!(
-                "unknown platform `{other}`; expected `onnxruntime_onnx`"
+                "unknown platform `{other}`; expected `onnxruntime_onnx` or `remote`"
             )),
         }
     }
@@ -264,6 +299,8 @@ pub struct ModelConfig {
     pub onnx: OnnxOptions,
     /// Run synthetic inputs through every instance before serving.
     pub warmup: bool,
+    /// Set for platform `remote`.
+    pub remote: Option<RemoteConfig>,
 }
 
 impl ModelConfig {
@@ -286,6 +323,7 @@ impl ModelConfig {
             dynamic_batching: None,
             onnx: defaults.onnx.clone(),
             warmup: true,
+            remote: None,
         }
     }
 
@@ -458,7 +496,10 @@ impl RawModelConfig {
             Some(name) => Platform::parse(name)?,
             None => Platform::Onnx,
         };
-        let instance_count = self.instance_count.unwrap_or(1);
+        // Remote instances are concurrent upstream calls, not CPU sessions.
+        let instance_count = self
+            .instance_count
+            .unwrap_or(if platform == Platform::Remote { 16 } else { 1 });
         if !(1..=MAX_INSTANCES).contains(&instance_count) {
             return Err(format!(
                 "instance_count must be between 1 and {MAX_INSTANCES}, got {instance_count}"
@@ -528,6 +569,18 @@ impl RawModelConfig {
             dynamic_batching,
             onnx,
             warmup: self.warmup.unwrap_or(true),
+            remote: match (platform, self.remote) {
+                (Platform::Remote, Some(raw)) => Some(raw.validate()?),
+                (Platform::Remote, None) => {
+                    return Err(
+                        "platform remote needs a `remote:` section with upstreams".to_owned()
+                    );
+                }
+                (_, Some(_)) => {
+                    return Err("a `remote:` section needs `platform: remote`".to_owned());
+                }
+                (_, None) => None,
+            },
         };
         let mut seen = std::collections::HashSet::new();
         for (kind, raw, out) in [("input", &self.inputs, 0), ("output", &self.outputs, 1)] {
@@ -749,6 +802,36 @@ pub fn from_triton(
     raw.instance_count = instance_count;
     let config = raw.validate(defaults)?;
     Ok((config, warnings))
+}
+
+impl RawRemote {
+    fn validate(self) -> Result<RemoteConfig, String> {
+        if self.upstreams.is_empty() {
+            return Err("remote.upstreams must list at least one host:port".to_owned());
+        }
+        if let Some(protocol) = self.protocol.as_deref()
+            && protocol != "grpc"
+        {
+            return Err(format!(
+                "remote.protocol `{protocol}` is not supported; upstreams are called over grpc"
+            ));
+        }
+        let budget = self.retry_budget_percent.unwrap_or(20.0);
+        if !(0.0..=100.0).contains(&budget) {
+            return Err("remote.retry_budget_percent must be 0–100".to_owned());
+        }
+        Ok(RemoteConfig {
+            upstreams: self.upstreams,
+            model: self.model,
+            version: self.version,
+            timeout: Duration::from_millis(self.timeout_ms.unwrap_or(30_000).max(1)),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms.unwrap_or(1_000).max(1)),
+            retries: self.retries.unwrap_or(1),
+            retry_budget: budget / 100.0,
+            eject_after: self.eject_after_failures.unwrap_or(3).max(1),
+            probe_interval: Duration::from_millis(self.probe_interval_ms.unwrap_or(1_000).max(50)),
+        })
+    }
 }
 
 impl RawBatching {

@@ -24,7 +24,8 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, name: str, args: list[str], ready_url: str, timeout: float, env: dict | None = None, cwd=None):
+    def __init__(self, name: str, args: list[str], ready_url: str, timeout: float, env: dict | None = None, cwd=None,
+                 exact_ok: bool = False):
         self.name = name
         self.log = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
         self.process = subprocess.Popen(
@@ -36,7 +37,8 @@ class Service:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                if requests.get(ready_url, timeout=2).status_code < 500:
+                status = requests.get(ready_url, timeout=2).status_code
+                if status == 200 or (status < 500 and not exact_ok):
                     return
             except requests.RequestException:
                 pass
@@ -74,3 +76,30 @@ def start_mlflow(workdir: Path) -> tuple[Service, str]:
            "MLFLOW_WEBHOOK_CACHE_TTL": "1"}
     service = Service("mlflow", args, f"http://127.0.0.1:{port}/health", timeout=120, env=env, cwd=workdir)
     return service, f"http://127.0.0.1:{port}"
+
+
+MLSERVER_VENV = SERVICES_BIN.parents[1] / ".cache" / "bench" / "mlserver"
+PEERS = SERVICES_BIN.parents[1] / "bench" / "peers"
+
+
+def start_mlserver(workdir: Path, model_path: Path, name: str, inputs: list, outputs: list,
+                   http_port: int | None = None, grpc_port: int | None = None) -> tuple[Service, int, int]:
+    """A real MLServer (own venv, installed by the test command) serving an ONNX
+    file through bench/peers/mlserver_onnx.py."""
+    import json
+
+    http_port, grpc_port = http_port or free_port(), grpc_port or free_port()
+    folder = workdir / f"mlserver-{grpc_port}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "settings.json").write_text(json.dumps({
+        "http_port": http_port, "grpc_port": grpc_port, "metrics_port": free_port(), "host": "127.0.0.1",
+        "parallel_workers": 0,
+    }))
+    (folder / "model-settings.json").write_text(json.dumps({
+        "name": name, "implementation": "mlserver_onnx.OnnxRuntime",
+        "parameters": {"uri": str(model_path)}, "inputs": inputs, "outputs": outputs,
+    }))
+    service = Service("mlserver", [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)],
+                      f"http://127.0.0.1:{http_port}/v2/models/{name}/ready", timeout=120,
+                      env={"PYTHONPATH": str(PEERS)}, cwd=folder, exact_ok=True)
+    return service, http_port, grpc_port
