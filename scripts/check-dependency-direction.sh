@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# proto <- runtimes <- server: runtimes and proto never depend on a web server.
+# proto <- runtimes <- server: runtimes and proto never pull in a web server
+# (axum, tower-http) or tonic's server side; the remote runtime is a client only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
 for crate in switchyard-runtimes switchyard-proto; do
-  for banned in axum tower-http hyper-util; do
+  for banned in axum tower-http; do
     if [[ -n "$(cargo tree --locked -e normal -p "$crate" -i "$banned" 2>/dev/null)" ]]; then
       echo "error: $crate depends on $banned" >&2
       status=1
     fi
   done
+  if cargo tree --locked -e features -p "$crate" -i tonic 2>/dev/null | grep -qE 'tonic feature "(server|router)"'; then
+    echo "error: $crate enables tonic's server side" >&2
+    status=1
+  fi
 done
 exit $status
