@@ -77,11 +77,13 @@ rust-test:
 python-test:
 	cd tests/python && SWITCHYARD_BIN=$(CURDIR)/target/debug/switchyard ../../$(PY) -m pytest -q -p no:cacheprovider
 
-## Formatting, lints, and the dependency rule that runtimes never pulls in a web server.
-lint:
+## Formatting, lints, the dependency rule (runtimes never pulls in a web server),
+## and the Kubernetes manifests (yamllint, kustomize, kubernetes-validate 1.29).
+lint: venv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	scripts/check-dependency-direction.sh
+	PY=$(PY) scripts/check-k8s.sh
 
 clean:
 	$(CARGO) clean
