@@ -71,6 +71,31 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_ROUTES")]
     pub routes: Option<PathBuf>,
 
+    /// File of bearer tokens (one per line) that may call inference and metadata.
+    #[arg(long, env = "SWITCHYARD_INFERENCE_TOKENS_FILE")]
+    pub inference_tokens_file: Option<PathBuf>,
+
+    /// Comma-separated inference tokens (prefer the file: environments leak).
+    #[arg(long, env = "SWITCHYARD_INFERENCE_TOKENS", hide_env_values = true)]
+    pub inference_tokens: Option<String>,
+
+    /// File of admin bearer tokens (everything, including model control). Setting
+    /// any admin token also closes inference to requests without a token.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKENS_FILE")]
+    pub admin_tokens_file: Option<PathBuf>,
+
+    /// Comma-separated admin tokens.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKENS", hide_env_values = true)]
+    pub admin_tokens: Option<String>,
+
+    /// Largest number of elements one input tensor may have.
+    #[arg(long, env = "SWITCHYARD_MAX_TENSOR_ELEMENTS", default_value_t = 1 << 28)]
+    pub max_tensor_elements: usize,
+
+    /// Longest single BYTES (string) element, in bytes.
+    #[arg(long, env = "SWITCHYARD_MAX_BYTES_ELEMENT", default_value_t = 16 << 20)]
+    pub max_bytes_element: usize,
+
     /// In local folders, take a version only once `<version>/READY` exists.
     #[arg(long, env = "SWITCHYARD_REQUIRE_READY_MARKER")]
     pub require_ready_marker: bool,
@@ -180,6 +205,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The configured bearer tokens (read before any port is bound).
+    pub fn tokens(&self) -> Result<crate::auth::Tokens, String> {
+        let inference = crate::auth::read_tokens(
+            self.inference_tokens_file.as_deref(),
+            self.inference_tokens.as_deref(),
+        )?;
+        let admin = crate::auth::read_tokens(
+            self.admin_tokens_file.as_deref(),
+            self.admin_tokens.as_deref(),
+        )?;
+        Ok(crate::auth::Tokens::new(&inference, &admin))
     }
 
     /// The cache folder for fetched models.

@@ -60,6 +60,18 @@ impl GrpcService {
     pub fn new(state: Arc<AppState>) -> Self {
         GrpcService { state }
     }
+
+    fn authorize<T>(&self, request: &Request<T>, scope: crate::auth::Scope) -> Result<(), Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.state
+            .settings
+            .tokens
+            .check(authorization, scope)
+            .map_err(Status::from)
+    }
 }
 
 fn version_arg(version: &str) -> Option<&str> {
@@ -304,6 +316,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
+        self.authorize(&request, crate::auth::Scope::Inference)?;
         let request = request.into_inner();
         let ready = match self
             .state
@@ -319,8 +332,9 @@ impl GrpcInferenceService for GrpcService {
 
     async fn server_metadata(
         &self,
-        _: Request<ServerMetadataRequest>,
+        request: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
+        self.authorize(&request, crate::auth::Scope::Inference)?;
         Ok(Response::new(ServerMetadataResponse {
             name: SERVER_NAME.to_owned(),
             version: SERVER_VERSION.to_owned(),
@@ -332,6 +346,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
+        self.authorize(&request, crate::auth::Scope::Inference)?;
         let request = request.into_inner();
         let catalog = self.state.catalog();
         let found = catalog.lookup(&request.name, version_arg(&request.version))?;
@@ -353,6 +368,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
+        self.authorize(&request, crate::auth::Scope::Inference)?;
         let mut served = Served {
             model: None,
             started: Instant::now(),
@@ -399,6 +415,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        self.authorize(&request, crate::auth::Scope::Inference)?;
         let request = request.into_inner();
         let models = self
             .state
@@ -419,6 +436,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        self.authorize(&request, crate::auth::Scope::Admin)?;
         let request = request.into_inner();
         if let Some(key) = request.parameters.keys().next() {
             return Err(ApiError::invalid(format!(
@@ -434,6 +452,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        self.authorize(&request, crate::auth::Scope::Admin)?;
         let request = request.into_inner();
         self.state.unload_model(&request.model_name).await?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))

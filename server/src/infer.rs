@@ -70,6 +70,38 @@ pub fn queue_parameters(
     Ok((priority, timeout))
 }
 
+/// Refuses tensors over the configured size limits, before any model work.
+pub fn check_limits(state: &AppState, request: &InferRequest) -> Result<(), ApiError> {
+    for input in &request.inputs {
+        let elements = input.element_count();
+        if elements > state.settings.max_tensor_elements {
+            return Err(ApiError::new(
+                crate::error::ErrorKind::PayloadTooLarge,
+                format!(
+                    "input `{}` has {elements} elements; the limit is {} (--max-tensor-elements)",
+                    input.name(),
+                    state.settings.max_tensor_elements
+                ),
+            ));
+        }
+        if let Some(long) = input
+            .byte_strings()
+            .map(<[u8]>::len)
+            .find(|&n| n > state.settings.max_bytes_element)
+        {
+            return Err(ApiError::new(
+                crate::error::ErrorKind::PayloadTooLarge,
+                format!(
+                    "input `{}` has a {long}-byte element; the limit is {} (--max-bytes-element)",
+                    input.name(),
+                    state.settings.max_bytes_element
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the request's inputs and requested outputs against the model.
 pub fn validate(model: &ModelVersion, request: &InferRequest) -> Result<(), ApiError> {
     let signature: &Signature = &model.signature;
@@ -233,6 +265,7 @@ pub async fn infer(
     request: InferRequest,
     served: &mut Served,
 ) -> Result<InferResponse, ApiError> {
+    check_limits(state, &request)?;
     let catalog = state.catalog();
     let (model, routed) = route(state, &catalog, &request)?;
     served.model = Some(model.clone());

@@ -1,6 +1,7 @@
 //! Switchyard's server: model repository and catalog, the HTTP and gRPC edges,
 //! metrics, and the serve/shutdown life cycle. Entry point: `serve`.
 
+pub mod auth;
 pub mod batcher;
 pub mod bench;
 pub mod catalog;

@@ -80,6 +80,9 @@ async fn run(config: Config) -> Result<(), String> {
             strict_readiness: config.strict_readiness,
             max_request_bytes: config.max_request_bytes,
             mlflow_webhook_secret: config.mlflow_webhook_secret.clone(),
+            tokens: config.tokens()?,
+            max_tensor_elements: config.max_tensor_elements,
+            max_bytes_element: config.max_bytes_element,
         },
     );
     let failures = state.load_all().await.map_err(|err| err.to_string())?;

@@ -29,6 +29,12 @@ pub struct Settings {
     pub max_request_bytes: usize,
     /// HMAC secret MLflow signs its webhooks with; `None` turns the webhook endpoint off.
     pub mlflow_webhook_secret: Option<String>,
+    /// Bearer tokens; empty sets leave the API open.
+    pub tokens: crate::auth::Tokens,
+    /// Largest element count of one input tensor.
+    pub max_tensor_elements: usize,
+    /// Longest single BYTES element.
+    pub max_bytes_element: usize,
 }
 
 pub struct AppState {

@@ -40,3 +40,17 @@ def test_table_ratios_are_computed_per_protocol_and_concurrency():
     assert "–, –" in mlserver_json  # no Switchyard row to compare with
     batched = next(line for line in table.splitlines() if line.startswith("| switchyard+batching"))
     assert "| 2.00 | 0.50 |" in batched
+
+
+def test_grafana_dashboard_uses_only_metrics_the_server_defines():
+    import json
+    import re
+
+    repo = Path(__file__).resolve().parents[2]
+    dashboard = json.loads((repo / "k8s" / "grafana" / "switchyard-dashboard.json").read_text())
+    defined = set(re.findall(r'"(switchyard_[a-z_]+)"', (repo / "server" / "src" / "metrics.rs").read_text()))
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= {re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"switchyard_[a-z_]+", target["expr"])}
+    assert used and used <= defined, used - defined

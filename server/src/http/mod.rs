@@ -71,7 +71,50 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(no_route)
         // Bodies are read with our own limit so an oversize one gets our 413 body.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .with_state(state)
+}
+
+/// What a path needs: nothing (probes, webhook), inference, or admin rights.
+fn scope_of(method: &Method, path: &str) -> Option<crate::auth::Scope> {
+    use crate::auth::Scope;
+    if path.starts_with("/v2/health/") || path == "/v2/repository/webhooks/mlflow" {
+        return None;
+    }
+    if method == Method::POST
+        && path.starts_with("/v2/repository/models/")
+        && (path.ends_with("/load") || path.ends_with("/unload"))
+    {
+        return Some(Scope::Admin);
+    }
+    Some(Scope::Inference)
+}
+
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(scope) = scope_of(request.method(), request.uri().path()) {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Err(err) = state.settings.tokens.check(authorization, scope) {
+            let unauthenticated = err.kind == crate::error::ErrorKind::Unauthenticated;
+            let mut response = err.into_response();
+            if unauthenticated {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            return response;
+        }
+    }
+    next.run(request).await
 }
 
 /// The metrics router, served on its own port.

@@ -34,6 +34,9 @@ pub fn settings() -> Settings {
         strict_readiness: true,
         max_request_bytes: 1 << 20,
         mlflow_webhook_secret: None,
+        tokens: switchyard::auth::Tokens::default(),
+        max_tensor_elements: 1 << 28,
+        max_bytes_element: 16 << 20,
     }
 }
 
