@@ -7,6 +7,7 @@ pub mod bench;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod fuzz_targets;
 pub mod grpc;
 pub mod http;
 pub mod infer;

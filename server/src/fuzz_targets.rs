@@ -1,0 +1,66 @@
+//! Entry points for fuzzing the parsers that read untrusted bytes: the HTTP
+//! request decoder (JSON and binary extension), the gRPC request → tensor
+//! conversion, and the config, route and pbtxt parsers. `fuzz/` (cargo-fuzz,
+//! nightly) and the stable smoke test `server/tests/fuzz_smoke.rs` both call
+//! these; each must return (with an error or not) for any input, never panic.
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::model_config::{ConfigDefaults, ModelConfig, from_triton};
+use switchyard_runtimes::onnx::OnnxOptions;
+
+/// The first byte picks whether a binary-extension header length is sent.
+pub fn http_request(data: &[u8]) {
+    let (header, body) = match data.split_first() {
+        Some((&selector, rest)) if selector % 2 == 1 && rest.len() >= 2 => {
+            let len = u16::from_le_bytes([rest[0], rest[1]]) as usize;
+            (Some(len), &rest[2..])
+        }
+        Some((_, rest)) => (None, rest),
+        None => (None, data),
+    };
+    let _ = crate::http::codec::decode_request("m", None, Bytes::copy_from_slice(body), header);
+}
+
+pub fn grpc_request(data: &[u8]) {
+    if let Ok(request) = switchyard_proto::ModelInferRequest::decode(data) {
+        let _ = crate::grpc::decode_request(request);
+    }
+}
+
+fn defaults() -> ConfigDefaults {
+    ConfigDefaults {
+        queue_capacity: 16,
+        onnx: OnnxOptions::default(),
+    }
+}
+
+pub fn model_config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = ModelConfig::parse(&text, &defaults());
+    let _ = from_triton(&text, "m", &defaults());
+}
+
+pub fn routes(data: &[u8]) {
+    let models: BTreeSet<String> = ["fraud", "fraud-v2", "shadowy"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let _ = crate::routing::parse(&String::from_utf8_lossy(data), &models);
+}
+
+pub fn pbtxt(data: &[u8]) {
+    let _ = crate::pbtxt::parse(&String::from_utf8_lossy(data));
+}
+
+/// Every target by name, for the smoke test and `fuzz/`.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("http_request", http_request),
+    ("grpc_request", grpc_request),
+    ("model_config", model_config),
+    ("routes", routes),
+    ("pbtxt", pbtxt),
+];
