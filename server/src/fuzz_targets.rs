@@ -56,8 +56,11 @@ pub fn pbtxt(data: &[u8]) {
     let _ = crate::pbtxt::parse(&String::from_utf8_lossy(data));
 }
 
+/// A fuzz target: takes any bytes, must not panic.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the smoke test and `fuzz/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("http_request", http_request),
     ("grpc_request", grpc_request),
     ("model_config", model_config),
