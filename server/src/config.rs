@@ -88,6 +88,18 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKENS", hide_env_values = true)]
     pub admin_tokens: Option<String>,
 
+    /// PEM certificate chain: serve HTTP and gRPC over TLS (re-read when the file changes).
+    #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS).
+    #[arg(long, env = "SWITCHYARD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Largest number of elements one input tensor may have.
     #[arg(long, env = "SWITCHYARD_MAX_TENSOR_ELEMENTS", default_value_t = 1 << 28)]
     pub max_tensor_elements: usize,
@@ -205,6 +217,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// TLS settings, loaded and checked before any port is bound.
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<crate::tls::Tls>>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::tls::Tls::load(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })
+            .map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// The configured bearer tokens (read before any port is bound).

@@ -21,6 +21,7 @@ pub mod repository;
 pub mod routing;
 pub mod source;
 pub mod state;
+pub mod tls;
 pub mod traffic;
 pub mod webhook;
 
@@ -34,6 +35,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::state::AppState;
+
+/// Logs a server task's failure; servers end quietly on shutdown.
+async fn report<E: std::fmt::Display>(
+    name: &'static str,
+    server: impl Future<Output = Result<(), E>>,
+) {
+    if let Err(err) = server.await {
+        warn!(server = name, error = %err, "Server failed.");
+    }
+}
 
 /// Bound sockets for the three listeners (tests bind 127.0.0.1:0).
 pub struct Listeners {
@@ -53,6 +64,8 @@ pub struct ServeOptions {
     pub poll_interval: Option<Duration>,
     /// Local folders to watch for changes (each change triggers a re-read).
     pub watch: Vec<std::path::PathBuf>,
+    /// TLS for the HTTP and gRPC listeners (metrics stay plain).
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 /// Serves until `shutdown` resolves, then drains: readiness false at once,
@@ -99,10 +112,6 @@ pub async fn serve(
         });
     }
 
-    // Small request/response exchanges: Nagle's algorithm would add ~40 ms stalls.
-    let http_listener = axum::serve::ListenerExt::tap_io(listeners.http, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let _watcher = state::watch_folders(&state, &options.watch);
     if let Some(interval) = options.poll_interval {
         tasks.spawn(state.clone().poll_sources(interval, close.clone()));
@@ -110,43 +119,49 @@ pub async fn serve(
     tasks.spawn(traffic::run_shadow_workers(state.clone(), close.clone()));
     tasks.spawn(traffic::run_canary_controller(state.clone(), close.clone()));
 
-    let http = axum::serve(http_listener, http::router(state.clone()))
-        .with_graceful_shutdown(close.clone().cancelled_owned());
-    let metrics = axum::serve(listeners.metrics, http::metrics_router(state.clone()))
-        .with_graceful_shutdown(close.clone().cancelled_owned());
+    let servers = TaskTracker::new();
+    let router = http::router(state.clone());
     let inference =
         switchyard_proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(
             grpc::GrpcService::new(state.clone()),
         )
         .max_decoding_message_size(options.grpc_max_message_bytes)
         .max_encoding_message_size(options.grpc_max_message_bytes);
-    let grpc = tonic::transport::Server::builder()
+    let grpc_server = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(
             grpc::classify_decode_errors::<tonic::body::Body>,
         ))
         .add_service(health_service)
-        .add_service(inference)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            close.clone().cancelled_owned(),
-        );
-
-    let servers = TaskTracker::new();
-    servers.spawn(async move {
-        if let Err(err) = http.await {
-            warn!(error = %err, "HTTP server failed.");
+        .add_service(inference);
+    let stopped = close.clone().cancelled_owned();
+    match &options.tls {
+        None => {
+            // Small request/response exchanges: Nagle's algorithm would add ~40 ms stalls.
+            let listener = axum::serve::ListenerExt::tap_io(listeners.http, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let http = axum::serve(listener, router).with_graceful_shutdown(stopped);
+            servers.spawn(report("HTTP", http.into_future()));
+            let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc)
+                .with_nodelay(Some(true));
+            let grpc =
+                grpc_server.serve_with_incoming_shutdown(incoming, close.clone().cancelled_owned());
+            servers.spawn(report("gRPC", grpc));
         }
-    });
-    servers.spawn(async move {
-        if let Err(err) = metrics.await {
-            warn!(error = %err, "Metrics server failed.");
+        Some(tls) => {
+            tasks.spawn(tls.clone().watch(close.clone()));
+            let listener = tls.http_listener(listeners.http, close.clone())?;
+            let http = axum::serve(listener, router).with_graceful_shutdown(stopped);
+            servers.spawn(report("HTTPS", http.into_future()));
+            let incoming = tls.grpc_incoming(listeners.grpc, close.clone());
+            let grpc =
+                grpc_server.serve_with_incoming_shutdown(incoming, close.clone().cancelled_owned());
+            servers.spawn(report("gRPC (TLS)", grpc));
         }
-    });
-    servers.spawn(async move {
-        if let Err(err) = grpc.await {
-            warn!(error = %err, "gRPC server failed.");
-        }
-    });
+    }
+    let metrics = axum::serve(listeners.metrics, http::metrics_router(state.clone()))
+        .with_graceful_shutdown(close.clone().cancelled_owned());
+    servers.spawn(report("Metrics", metrics.into_future()));
     servers.close();
 
     shutdown.await;

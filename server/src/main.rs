@@ -51,6 +51,7 @@ async fn run(config: Config) -> Result<(), String> {
     config.validate()?;
     switchyard_runtimes::onnx::init(config.onnxruntime_library.as_deref())
         .map_err(|err| err.to_string())?;
+    let tls = config.tls()?;
     let cache_dir = config.cache_dir();
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     let mut watched = Vec::new();
@@ -126,6 +127,7 @@ async fn run(config: Config) -> Result<(), String> {
             drain_timeout: config.drain_timeout,
             poll_interval: Some(config.repository_poll_interval),
             watch: watched,
+            tls,
         },
         shutdown_signal(),
     )

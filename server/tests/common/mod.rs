@@ -90,6 +90,7 @@ impl TestServer {
             drain_timeout: Duration::from_secs(5),
             poll_interval: None,
             watch: Vec::new(),
+            tls: None,
         };
         let task = tokio::spawn(serve(state.clone(), listeners, options, async {
             let _ = rx.await;
