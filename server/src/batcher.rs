@@ -52,6 +52,9 @@ struct Pending {
     enqueued: Instant,
     deadline: Option<Instant>,
     reply: oneshot::Sender<Reply>,
+    /// The request's span, and the span of its wait in the queue (closed when its batch forms).
+    span: tracing::Span,
+    _queued: tracing::Span,
 }
 
 /// A formed batch, handed to a worker. Dropping it without `complete` fails its requests.
@@ -60,6 +63,8 @@ pub struct Batch {
     requests: Vec<(usize, Vec<i64>, oneshot::Sender<Reply>)>,
     cut: Vec<(String, usize, usize)>,
     compute: ComputeTable,
+    /// The spans of the requests in the batch, for the worker's runtime span.
+    pub spans: Vec<tracing::Span>,
     _slot: SlotGuard,
 }
 
@@ -251,6 +256,8 @@ impl BatcherHandle {
             enqueued: now,
             deadline,
             reply,
+            span: tracing::Span::current(),
+            _queued: tracing::info_span!("queue", priority),
         };
         if self.sender.try_send(pending).is_err() {
             counter.fetch_sub(1, Ordering::AcqRel);
@@ -656,6 +663,7 @@ impl Batcher {
         } else {
             Vec::new()
         };
+        let spans: Vec<tracing::Span> = taken.iter().map(|p| p.span.clone()).collect();
         let requests: Vec<(usize, Vec<i64>, oneshot::Sender<Reply>)> = taken
             .into_iter()
             .zip(lengths)
@@ -670,6 +678,7 @@ impl Batcher {
             requests,
             cut,
             compute: self.adaptive.compute.clone(),
+            spans,
             _slot: SlotGuard {
                 busy: self.busy.clone(),
                 freed: self.freed.clone(),

@@ -141,6 +141,10 @@ pub struct Config {
     )]
     pub log_format: LogFormat,
 
+    /// OTLP/gRPC collector to send trace spans to (e.g. `http://otel-collector:4317`).
+    #[arg(long, env = "SWITCHYARD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info,switchyard=debug`).
     #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
     pub log: String,

@@ -374,10 +374,20 @@ impl GrpcInferenceService for GrpcService {
             started: Instant::now(),
         };
         let headers = request.metadata().clone().into_headers();
-        let result = match decode_request(request.into_inner()) {
+        let span =
+            tracing::info_span!("infer", model = %request.get_ref().model_name, protocol = "grpc");
+        crate::telemetry::adopt_parent(&span, &headers);
+        let decoded = span.in_scope(|| {
+            tracing::info_span!("decode").in_scope(|| decode_request(request.into_inner()))
+        });
+        let result = match decoded {
             Ok(mut decoded) => {
                 decoded.headers = headers;
-                infer(&self.state, decoded, &mut served).await
+                tracing::Instrument::instrument(
+                    infer(&self.state, decoded, &mut served),
+                    span.clone(),
+                )
+                .await
             }
             Err(err) => Err(err),
         };
@@ -399,7 +409,9 @@ impl GrpcInferenceService for GrpcService {
         );
         let response = result?;
         let routed = response.routed.clone();
-        let mut reply = Response::new(encode_response(response));
+        let mut reply = Response::new(
+            span.in_scope(|| tracing::info_span!("encode").in_scope(|| encode_response(response))),
+        );
         if let Some((endpoint, variant)) = routed
             && let (Ok(endpoint), Ok(variant)) = (endpoint.parse(), variant.parse())
         {

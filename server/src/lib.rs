@@ -21,6 +21,7 @@ pub mod repository;
 pub mod routing;
 pub mod source;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod traffic;
 pub mod webhook;

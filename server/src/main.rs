@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchyard::config::{Cli, Command, Config, LogFormat};
+use switchyard::config::{Cli, Command, Config};
 use switchyard::lifecycle::Lifecycle;
 use switchyard::metrics::Metrics;
 use switchyard::source::{self, Source};
@@ -11,20 +11,6 @@ use switchyard::state::{AppState, Settings};
 use switchyard::{Listeners, ServeOptions, serve};
 use tokio::net::TcpListener;
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(config: &Config) -> Result<(), String> {
-    let filter =
-        EnvFilter::try_new(&config.log).map_err(|err| format!("--log {:?}: {err}", config.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    Ok(())
-}
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -151,10 +137,6 @@ fn main() -> ExitCode {
         };
     }
     let config = cli.serve;
-    if let Err(err) = init_logging(&config) {
-        eprintln!("switchyard: {err}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -165,12 +147,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            error!(error = %err, "Exiting.");
-            eprintln!("switchyard: {err}");
-            ExitCode::from(2)
+    runtime.block_on(async {
+        let telemetry = match switchyard::telemetry::init(&config) {
+            Ok(telemetry) => telemetry,
+            Err(err) => {
+                eprintln!("switchyard: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        let result = run(config).await;
+        telemetry.shutdown();
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                error!(error = %err, "Exiting.");
+                eprintln!("switchyard: {err}");
+                ExitCode::from(2)
+            }
         }
-    }
+    })
 }

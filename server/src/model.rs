@@ -302,6 +302,13 @@ fn worker(
             Err(_) => None,
         };
         let Some(batch) = next else { break };
+        // One runtime call serves every request in the batch: child of the
+        // first request's span, linked to the others.
+        let span = tracing::info_span!(parent: batch.spans.first().and_then(|s| s.id()), "runtime", worker = %label, rows = batch.rows(), requests = batch.len());
+        for other in batch.spans.iter().skip(1) {
+            span.follows_from(other);
+        }
+        let _entered = span.enter();
         let started = Instant::now();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.run(&batch.inputs))).unwrap_or_else(|panic| {
             let what = panic

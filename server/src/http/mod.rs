@@ -337,8 +337,11 @@ async fn infer_http(
         model: None,
         started: Instant::now(),
     };
-    let result = async {
-        let header_length = match headers.get(HEADER_CONTENT_LENGTH) {
+    let span = tracing::info_span!("infer", model = %model, protocol = "http");
+    crate::telemetry::adopt_parent(&span, &headers);
+    let result = tracing::Instrument::instrument(
+        async {
+            let header_length = match headers.get(HEADER_CONTENT_LENGTH) {
             None => None,
             Some(value) => Some(
                 value
@@ -352,13 +355,18 @@ async fn infer_http(
                     })?,
             ),
         };
-        let body = read_body(body, &headers, state.settings.max_request_bytes).await?;
-        let mut decoded = decode_request(&model, version.as_deref(), body, header_length)?;
-        decoded.request.headers = headers.clone();
-        let response = infer(&state, decoded.request, &mut served).await?;
-        let routed = response.routed.clone();
-        encode_response(&decoded.binary, &response).map(|encoded| (encoded, routed))
-    }
+            let body = read_body(body, &headers, state.settings.max_request_bytes).await?;
+            let mut decoded = tracing::info_span!("decode")
+                .in_scope(|| decode_request(&model, version.as_deref(), body, header_length))?;
+            decoded.request.headers = headers.clone();
+            let response = infer(&state, decoded.request, &mut served).await?;
+            let routed = response.routed.clone();
+            tracing::info_span!("encode")
+                .in_scope(|| encode_response(&decoded.binary, &response))
+                .map(|encoded| (encoded, routed))
+        },
+        span,
+    )
     .await;
     let (model_label, version_label) = served
         .model
