@@ -244,6 +244,7 @@ impl UpstreamPool {
         &self,
         request: ModelInferRequest,
         signature: &Signature,
+        traceparent: Option<&str>,
     ) -> Result<Vec<Tensor>, RuntimeError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut tried = Vec::new();
@@ -260,6 +261,9 @@ impl UpstreamPool {
             upstream.in_flight.fetch_add(1, Ordering::Relaxed);
             let mut call = tonic::Request::new(request.clone());
             call.set_timeout(self.options.timeout);
+            if let Some(value) = traceparent.and_then(|t| t.parse().ok()) {
+                call.metadata_mut().insert("traceparent", value);
+            }
             let result = tokio::time::timeout(
                 self.options.timeout,
                 self.client(upstream).model_infer(call),
@@ -465,6 +469,14 @@ impl Runtime for RemoteRuntime {
     }
 
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
+        self.run_traced(inputs, None)
+    }
+
+    fn run_traced(
+        &mut self,
+        inputs: &[Tensor],
+        traceparent: Option<&str>,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
         let request = ModelInferRequest {
             model_name: self.pool.options.model.clone(),
             model_version: self.pool.options.version.clone().unwrap_or_default(),
@@ -491,7 +503,7 @@ impl Runtime for RemoteRuntime {
         };
         self.pool
             .handle
-            .block_on(self.pool.infer(request, &self.signature))
+            .block_on(self.pool.infer(request, &self.signature, traceparent))
     }
 
     fn health(&self) -> Option<Arc<dyn Health>> {

@@ -11,6 +11,17 @@ pub trait Runtime: Send {
     /// the result holds every output of the signature, in its order.
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>;
 
+    /// `run` within a caller's trace: `traceparent` is a W3C trace context
+    /// header value that runtimes calling other services pass along.
+    fn run_traced(
+        &mut self,
+        inputs: &[Tensor],
+        traceparent: Option<&str>,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let _ = traceparent;
+        self.run(inputs)
+    }
+
     /// Health shared by every instance, for runtimes that can become
     /// unreachable (remote upstreams); `None` = always healthy once loaded.
     fn health(&self) -> Option<std::sync::Arc<dyn Health>> {

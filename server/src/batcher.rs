@@ -230,6 +230,7 @@ impl BatcherHandle {
         let rows = submission.inputs.first().map_or(1, Tensor::rows);
         let key = merge_key(&submission.inputs, settings);
 
+        let _in_flight = self.metrics.in_flight();
         // Admission: claim a place in the level or refuse at once.
         let counter = &self.queued[level];
         if counter

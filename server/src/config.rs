@@ -100,6 +100,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Longest an HTTP request may take, body upload included (slow clients get 408).
+    #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
     /// Largest number of elements one input tensor may have.
     #[arg(long, env = "SWITCHYARD_MAX_TENSOR_ELEMENTS", default_value_t = 1 << 28)]
     pub max_tensor_elements: usize,

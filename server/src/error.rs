@@ -26,6 +26,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// Missing or wrong credentials (token, webhook signature).
     Unauthenticated,
+    /// The client took too long to send its request (slow body).
+    RequestTimeout,
     /// A fault on our side; never used for client mistakes.
     Internal,
 }
@@ -41,6 +43,7 @@ impl ErrorKind {
             ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -54,6 +57,7 @@ impl ErrorKind {
             ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorKind::RequestTimeout => tonic::Code::DeadlineExceeded,
             ErrorKind::Internal => tonic::Code::Internal,
         }
     }
@@ -69,6 +73,7 @@ impl ErrorKind {
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::Internal => "internal",
         }
     }

@@ -278,6 +278,7 @@ impl Lifecycle {
                     .get(&model)
                     .and_then(|e| e.versions.get(version));
                 if !was.is_some_and(|w| Arc::ptr_eq(w, loaded)) {
+                    self.metrics.model_event(&model, "swapped_in");
                     outcome.loaded.push((model.clone(), *version));
                 }
             }
@@ -297,6 +298,7 @@ impl Lifecycle {
                 if !entry.versions.contains_key(&version) {
                     self.metrics
                         .set_model_ready(&model, &version.to_string(), false);
+                    self.metrics.model_event(&model, "retired");
                     info!(model = %model, version, "Version retired; it drains and unloads.");
                 }
             }

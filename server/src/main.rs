@@ -70,6 +70,7 @@ async fn run(config: Config) -> Result<(), String> {
             tokens: config.tokens()?,
             max_tensor_elements: config.max_tensor_elements,
             max_bytes_element: config.max_bytes_element,
+            request_timeout: config.request_timeout,
         },
     );
     let failures = state.load_all().await.map_err(|err| err.to_string())?;

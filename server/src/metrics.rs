@@ -40,6 +40,17 @@ pub struct Metrics {
     canary_decisions: IntCounterVec,
     canary_weight: prometheus::GaugeVec,
     routes_errors: prometheus::IntCounter,
+    in_flight: IntGaugeVec,
+    model_events: IntCounterVec,
+}
+
+/// Decrements the in-flight gauge when the request is answered (or abandoned).
+pub struct InFlight(prometheus::IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Model load times: 10 ms to 10 min.
@@ -51,6 +62,7 @@ const LOAD_BUCKETS: &[f64] = &[
 #[derive(Clone)]
 pub struct ModelMetrics {
     queue_depth: prometheus::IntGauge,
+    in_flight: prometheus::IntGauge,
     queue_time: prometheus::Histogram,
     compute_time: prometheus::Histogram,
     batch_size: prometheus::Histogram,
@@ -59,6 +71,12 @@ pub struct ModelMetrics {
 }
 
 impl ModelMetrics {
+    /// Counts a request as in flight until the returned guard drops.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
     pub fn queue_depth_add(&self, delta: i64) {
         self.queue_depth.add(delta);
     }
@@ -216,6 +234,22 @@ impl Metrics {
             "switchyard_route_file_errors_total",
             "Route file contents refused (the previous routes kept serving).",
         )?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_in_flight_requests",
+                "Requests admitted to a model version and not yet answered.",
+            ),
+            &["model", "version"],
+        )?;
+        let model_events = IntCounterVec::new(
+            Opts::new(
+                "switchyard_model_events_total",
+                "Model version life-cycle events: swapped_in, retired, unloaded.",
+            ),
+            &["model", "event"],
+        )?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(model_events.clone()))?;
         registry.register(Box::new(endpoint_requests.clone()))?;
         registry.register(Box::new(endpoint_latency.clone()))?;
         registry.register(Box::new(shadow_dropped.clone()))?;
@@ -258,7 +292,14 @@ impl Metrics {
             canary_decisions,
             canary_weight,
             routes_errors,
+            in_flight,
+            model_events,
         })
+    }
+
+    /// A model version event: `swapped_in`, `retired` or `unloaded`.
+    pub fn model_event(&self, model: &str, event: &str) {
+        self.model_events.with_label_values(&[model, event]).inc();
     }
 
     pub fn observe_endpoint(&self, endpoint: &str, variant: &str, outcome: &str, took: Duration) {
@@ -316,6 +357,7 @@ impl Metrics {
         let labels = [model, version.as_str()];
         ModelMetrics {
             queue_depth: self.queue_depth.with_label_values(&labels),
+            in_flight: self.in_flight.with_label_values(&labels),
             queue_time: self.queue_time.with_label_values(&labels),
             compute_time: self.compute_time.with_label_values(&labels),
             batch_size: self.batch_size.with_label_values(&labels),

@@ -29,6 +29,55 @@ pub fn model_file_name(platform: Platform) -> &'static str {
     }
 }
 
+/// Trips after repeated failed batches: the version then refuses requests
+/// (503, readiness false) for a cool-down, and serves again after it; one more
+/// failure trips it again at once, a success resets it.
+pub struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    consecutive: std::sync::atomic::AtomicU32,
+    open_until: Mutex<Option<Instant>>,
+}
+
+impl Breaker {
+    fn new(threshold: u32, cooldown: Duration) -> Self {
+        Breaker {
+            threshold,
+            cooldown,
+            consecutive: std::sync::atomic::AtomicU32::new(0),
+            open_until: Mutex::new(None),
+        }
+    }
+
+    fn record(&self, ok: bool) {
+        use std::sync::atomic::Ordering;
+        if ok {
+            self.consecutive.store(0, Ordering::Relaxed);
+            return;
+        }
+        let failures = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.threshold
+            && let Ok(mut open) = self.open_until.lock()
+        {
+            if open.is_none_or(|until| until <= Instant::now()) {
+                tracing::warn!(failures, cooldown = ?self.cooldown, "Model version failing repeatedly; marked unhealthy.");
+            }
+            *open = Some(Instant::now() + self.cooldown);
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        let open = self.open_until.lock().ok()?;
+        open.filter(|until| *until > Instant::now()).map(|until| {
+            format!(
+                "{} batches failed in a row; unhealthy for another {:?}",
+                self.consecutive.load(std::sync::atomic::Ordering::Relaxed),
+                until.saturating_duration_since(Instant::now())
+            )
+        })
+    }
+}
+
 /// A served model version. Cheap to share (`Arc`); the runtime lives on its workers.
 pub struct ModelVersion {
     pub name: String,
@@ -38,6 +87,7 @@ pub struct ModelVersion {
     batcher: BatcherHandle,
     /// For runtimes that can become unreachable (remote upstreams).
     health: Option<Arc<dyn switchyard_runtimes::Health>>,
+    breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for ModelVersion {
@@ -108,7 +158,19 @@ impl ModelVersion {
             warm_up(&mut runtimes, &signature, config)?;
         }
         let model_metrics = metrics.for_model(name, version);
-        let batcher = Self::start(name, version, config, &signature, runtimes, &model_metrics)?;
+        let breaker = Arc::new(Breaker::new(
+            config.unhealthy_after_failures,
+            config.unhealthy_cooldown,
+        ));
+        let batcher = Self::start(
+            name,
+            version,
+            config,
+            &signature,
+            runtimes,
+            &model_metrics,
+            &breaker,
+        )?;
         info!(
             model = name,
             version,
@@ -124,6 +186,7 @@ impl ModelVersion {
             signature,
             batcher,
             health: runtime_health,
+            breaker,
         }))
     }
 
@@ -135,6 +198,7 @@ impl ModelVersion {
         signature: &Signature,
         runtimes: Vec<Box<dyn Runtime>>,
         metrics: &ModelMetrics,
+        breaker: &Arc<Breaker>,
     ) -> Result<BatcherHandle, String> {
         let input_names: Vec<String> = signature.inputs.iter().map(|s| s.name.clone()).collect();
         let cut_outputs = config
@@ -167,11 +231,12 @@ impl ModelVersion {
         for (index, runtime) in runtimes.into_iter().enumerate() {
             let batches = batches.clone();
             let metrics = metrics.clone();
+            let breaker = breaker.clone();
             let label = format!("{name}:{version}#{index}");
             // Not joined: the thread ends by itself once the batcher closes the channel.
             std::thread::Builder::new()
                 .name(format!("sy-{name}-{version}-{index}"))
-                .spawn(move || worker(label, runtime, batches, metrics))
+                .spawn(move || worker(label, runtime, batches, metrics, breaker))
                 .map_err(|err| format!("starting a worker thread: {err}"))?;
         }
         Ok(handle)
@@ -193,12 +258,14 @@ impl ModelVersion {
             .await
     }
 
-    /// Why the version cannot serve right now, if it cannot (a remote upstream is down).
+    /// Why the version cannot serve right now, if it cannot (a remote upstream
+    /// is down, or its batches keep failing).
     pub fn unhealthy(&self) -> Option<String> {
         self.health
             .as_ref()
             .filter(|h| !h.is_healthy())
             .map(|h| h.reason())
+            .or_else(|| self.breaker.reason())
     }
 
     /// Requests waiting for a worker.
@@ -294,6 +361,7 @@ fn worker(
     mut runtime: Box<dyn Runtime>,
     batches: Arc<Mutex<mpsc::Receiver<Batch>>>,
     metrics: ModelMetrics,
+    breaker: Arc<Breaker>,
 ) {
     loop {
         // One worker waits on the channel at a time; the others wait for the lock.
@@ -308,9 +376,10 @@ fn worker(
         for other in batch.spans.iter().skip(1) {
             span.follows_from(other);
         }
+        let traceparent = crate::telemetry::traceparent(&span);
         let _entered = span.enter();
         let started = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.run(&batch.inputs))).unwrap_or_else(|panic| {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.run_traced(&batch.inputs, traceparent.as_deref()))).unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
@@ -322,6 +391,8 @@ fn worker(
         let took = started.elapsed();
         metrics.observe_compute(took);
         batch.record_compute(took);
+        // Only faults of the model count, not bad input or an unreachable upstream.
+        breaker.record(!matches!(result, Err(RuntimeError::Execution(_))));
         batch.complete(result.map_err(ApiError::from));
     }
     // The version is retired: free its session now and hand the memory back.

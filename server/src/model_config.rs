@@ -184,6 +184,8 @@ struct RawModelConfig {
     onnx: Option<RawOnnxConfig>,
     warmup: Option<bool>,
     remote: Option<RawRemote>,
+    unhealthy_after_failures: Option<u32>,
+    unhealthy_cooldown_ms: Option<u64>,
 }
 
 /// What happens to a request whose timeout passes while it waits.
@@ -301,6 +303,10 @@ pub struct ModelConfig {
     pub warmup: bool,
     /// Set for platform `remote`.
     pub remote: Option<RemoteConfig>,
+    /// Failed batches in a row (runtime errors or panics) that mark the version unhealthy.
+    pub unhealthy_after_failures: u32,
+    /// How long an unhealthy version refuses requests before trying again.
+    pub unhealthy_cooldown: Duration,
 }
 
 impl ModelConfig {
@@ -324,6 +330,8 @@ impl ModelConfig {
             onnx: defaults.onnx.clone(),
             warmup: true,
             remote: None,
+            unhealthy_after_failures: 5,
+            unhealthy_cooldown: Duration::from_secs(10),
         }
     }
 
@@ -569,6 +577,8 @@ impl RawModelConfig {
             dynamic_batching,
             onnx,
             warmup: self.warmup.unwrap_or(true),
+            unhealthy_after_failures: self.unhealthy_after_failures.unwrap_or(5).max(1),
+            unhealthy_cooldown: Duration::from_millis(self.unhealthy_cooldown_ms.unwrap_or(10_000)),
             remote: match (platform, self.remote) {
                 (Platform::Remote, Some(raw)) => Some(raw.validate()?),
                 (Platform::Remote, None) => {

@@ -35,6 +35,9 @@ pub struct Settings {
     pub max_tensor_elements: usize,
     /// Longest single BYTES element.
     pub max_bytes_element: usize,
+    /// Longest an HTTP request may take from its headers to its answer
+    /// (bounds slow bodies; model work is bounded by queue timeouts).
+    pub request_timeout: std::time::Duration,
 }
 
 pub struct AppState {
@@ -174,6 +177,7 @@ impl AppState {
             self.metrics.forget_model(name, *version);
         }
         lifecycle.mark_unloaded(name);
+        self.metrics.model_event(name, "unloaded");
         let mut next = (*current).clone();
         next.models.remove(name);
         self.catalog.store(Arc::new(next));

@@ -91,6 +91,30 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+struct HeaderInjector(Option<String>);
+
+impl opentelemetry::propagation::Injector for HeaderInjector {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = Some(value);
+        }
+    }
+}
+
+/// The W3C `traceparent` of `span`, to pass to upstream services (`None`
+/// when tracing is off or the span is not sampled).
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut injector = HeaderInjector(None);
+    TraceContextPropagator::new().inject_context(&context, &mut injector);
+    injector.0
+}
+
 /// Makes the caller's `traceparent` (if any) the parent of `span`.
 pub fn adopt_parent(span: &tracing::Span, headers: &http::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;

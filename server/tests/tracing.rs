@@ -1,7 +1,9 @@
 //! Traces: the real binary exports spans over OTLP/gRPC to a collector in this
 //! test (the OTLP trace service from opentelemetry-proto, on 127.0.0.1:0). A
 //! request carrying a W3C `traceparent` produces spans in that same trace:
-//! infer → decode, queue, runtime, encode.
+//! infer → decode, queue, runtime, encode. With a remote model whose upstream
+//! is a second Switchyard, the upstream's spans join the same trace too
+//! (traceparent propagated over gRPC).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failed test.
 
@@ -58,38 +60,23 @@ async fn spans_of_a_traced_request_reach_the_collector() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args([
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--model-repository")
-        .arg(models_dir())
-        .args([
-            "--log-format",
-            "json",
-            "--otlp-endpoint",
-            &format!("http://{addr}"),
-        ])
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let http = loop {
-        let line = lines.next().expect("switchyard exited").unwrap();
-        if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-            && event["message"] == "Listening."
-        {
-            break event["http"].as_str().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    // The upstream: a plain Switchyard serving the sample models.
+    let (mut upstream, _, upstream_grpc) = start(&models_dir(), addr);
+    // The gateway: a remote model `mlp-remote` forwarding to it.
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo.path().join("mlp-remote")).unwrap();
+    std::fs::write(
+        repo.path().join("mlp-remote/config.yaml"),
+        format!("platform: remote\nremote: {{upstreams: [\"{upstream_grpc}\"], model: mlp}}\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(repo.path().join("mlp/1")).unwrap();
+    std::fs::copy(
+        models_dir().join("mlp/1/model.onnx"),
+        repo.path().join("mlp/1/model.onnx"),
+    )
+    .unwrap();
+    let (mut child, http, _) = start(repo.path(), addr);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let body = serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 256], "data": vec![0.5; 256]}]})
@@ -98,6 +85,19 @@ async fn spans_of_a_traced_request_reach_the_collector() {
     write!(
         stream,
         "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\ntraceparent: 00-{trace_id}-00f067aa0ba902b7-01\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    // Through the remote model: the upstream's own `infer` span (gRPC) joins the trace.
+    let remote_trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut stream = std::net::TcpStream::connect(&http).unwrap();
+    write!(
+        stream,
+        "POST /v2/models/mlp-remote/infer HTTP/1.1\r\nHost: t\r\ntraceparent: 00-{remote_trace}-b7ad6b7169203331-01\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -131,9 +131,78 @@ async fn spans_of_a_traced_request_reach_the_collector() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(names.len() >= 5, "{names:?}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
+
+    let remote: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&remote_trace[i * 2..i * 2 + 2], 16).unwrap())
+        .collect();
+    loop {
+        // Gateway: infer (HTTP) + runtime; upstream: infer (gRPC) + runtime.
+        let infers = collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, name)| *id == remote && name == "infer")
+            .count();
+        if infers >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "upstream spans did not join the trace ({infers} infer spans)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for process in [&mut child, &mut upstream] {
+        Command::new("kill")
+            .args(["-TERM", &process.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(process.wait().unwrap().success());
+    }
+}
+
+/// Starts the binary exporting traces to `collector`; returns it with its HTTP and gRPC addresses.
+fn start(
+    repo: &std::path::Path,
+    collector: std::net::SocketAddr,
+) -> (std::process::Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--model-repository")
+        .arg(repo)
+        .args([
+            "--log-format",
+            "json",
+            "--otlp-endpoint",
+            &format!("http://{collector}"),
+        ])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(child.wait().unwrap().success());
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("switchyard exited before listening");
+        };
+        if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+            && event["message"] == "Listening."
+        {
+            let http = event["http"].as_str().unwrap().to_owned();
+            let grpc = event["grpc"].as_str().unwrap().to_owned();
+            std::thread::spawn(move || for _ in lines {});
+            return (child, http, grpc);
+        }
+    }
 }

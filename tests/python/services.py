@@ -88,6 +88,12 @@ def start_mlserver(workdir: Path, model_path: Path, name: str, inputs: list, out
     file through bench/peers/mlserver_onnx.py."""
     import json
 
+    if http_port is None and grpc_port is None:
+        # Ports picked here can be taken by someone else before MLServer binds them: one retry.
+        try:
+            return start_mlserver(workdir, model_path, name, inputs, outputs, free_port(), free_port())
+        except RuntimeError:
+            return start_mlserver(workdir / "retry", model_path, name, inputs, outputs, free_port(), free_port())
     http_port, grpc_port = http_port or free_port(), grpc_port or free_port()
     folder = workdir / f"mlserver-{grpc_port}"
     folder.mkdir(parents=True, exist_ok=True)

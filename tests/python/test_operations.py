@@ -164,3 +164,92 @@ def test_a_flood_of_malformed_requests_leaves_valid_ones_untouched():
     assert all(s in (400, 404, 413) or s in ("INVALID_ARGUMENT", "NOT_FOUND", "UNKNOWN") for s in bad_statuses), \
         {s for s in bad_statuses if s not in (400, 404, 413)}
     assert server.stop() == 0
+
+
+def test_a_slow_body_is_cut_off_with_408():
+    import socket
+
+    server = Server("--request-timeout", "1s")
+    try:
+        host, port = server.http.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 4000\r\n\r\n{")
+            started = time.monotonic()
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    pass
+                conn.settimeout(0.2)
+                try:
+                    reply += conn.recv(4096)
+                except socket.timeout:
+                    pass
+                assert time.monotonic() - started < 5, "no answer to a slow body"
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b"--request-timeout" in reply
+        # The server is fine afterwards.
+        assert requests.post(f"http://{server.http}/v2/models/mlp/infer", json=MLP, timeout=10).status_code == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_metrics_expose_every_documented_series(tmp_path):
+    server = Server()
+    try:
+        for _ in range(5):
+            requests.post(f"http://{server.http}/v2/models/mlp/infer", json=MLP, timeout=10)
+        requests.post(f"http://{server.http}/v2/models/mlp/infer", json={"inputs": []}, timeout=10)
+        text = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
+        for series in [
+            'switchyard_requests_total{model="mlp",outcome="success",protocol="http",version="1"} 5',
+            'switchyard_requests_total{model="mlp",outcome="invalid_argument",protocol="http",version="1"} 1',
+            "switchyard_request_duration_seconds_bucket",
+            "switchyard_queue_duration_seconds_bucket",
+            "switchyard_compute_duration_seconds_bucket",
+            "switchyard_batch_size_bucket",
+            'switchyard_queue_depth{model="mlp",version="1"} 0',
+            'switchyard_in_flight_requests{model="mlp",version="1"} 0',
+            'switchyard_model_ready{model="mlp",version="1"} 1',
+            'switchyard_model_loads_total{model="mlp",outcome="success"} 1',
+            "switchyard_model_load_duration_seconds_bucket",
+            'switchyard_model_events_total{event="swapped_in",model="mlp"} 1',
+            "switchyard_source_up{",
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+        ]:
+            assert series in text, series
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_model_that_keeps_failing_is_marked_unhealthy_and_others_keep_serving(tmp_path):
+    import shutil
+
+    from conftest import MODELS
+    from lifecycle_helpers import make_models, write_version
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.yaml").write_text(
+        "warmup: false\nunhealthy_after_failures: 3\nunhealthy_cooldown_ms: 1500\n")
+    write_version(tmp_path, "broken", 1, make_models.make_broken().SerializeToString())
+    shutil.copytree(MODELS / "mlp", tmp_path / "mlp")
+    server = Server(repository=tmp_path)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [0.0] * 8}]}
+    url = f"http://{server.http}/v2/models/broken/infer"
+    try:
+        for _ in range(3):
+            response = requests.post(url, json=body, timeout=10)
+            assert response.status_code == 500 and "model execution failed" in response.json()["error"]
+        tripped = requests.post(url, json=body, timeout=10)
+        assert tripped.status_code == 503 and "3 batches failed in a row" in tripped.json()["error"], tripped.text
+        assert requests.get(f"http://{server.http}/v2/health/ready", timeout=10).status_code == 503
+        assert requests.post(f"http://{server.http}/v2/models/mlp/infer", json=MLP, timeout=10).status_code == 200
+        time.sleep(1.7)
+        # After the cool-down it is tried again (and trips again at once).
+        assert requests.post(url, json=body, timeout=10).status_code == 500
+        assert requests.post(url, json=body, timeout=10).status_code == 503
+        assert server.process.poll() is None
+    finally:
+        assert server.stop() == 0

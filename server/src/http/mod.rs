@@ -75,6 +75,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             authenticate,
         ))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |_: tower::BoxError| async {
+                        ApiError::new(
+                            crate::error::ErrorKind::RequestTimeout,
+                            "the request was not complete within --request-timeout",
+                        )
+                    },
+                ))
+                .timeout(state.settings.request_timeout),
+        )
         .with_state(state)
 }
 

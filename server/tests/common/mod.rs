@@ -37,6 +37,7 @@ pub fn settings() -> Settings {
         tokens: switchyard::auth::Tokens::default(),
         max_tensor_elements: 1 << 28,
         max_bytes_element: 16 << 20,
+        request_timeout: std::time::Duration::from_secs(60),
     }
 }
 
