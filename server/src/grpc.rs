@@ -391,22 +391,7 @@ impl GrpcInferenceService for GrpcService {
             }
             Err(err) => Err(err),
         };
-        let (model_label, version_label) = served
-            .model
-            .as_ref()
-            .map(|m| (m.name.as_str(), m.version.to_string()))
-            .unwrap_or(("", String::new()));
-        let outcome = match &result {
-            Ok(_) => "success",
-            Err(err) => err.kind.as_label(),
-        };
-        self.state.metrics.observe_request(
-            model_label,
-            &version_label,
-            "grpc",
-            outcome,
-            served.started.elapsed(),
-        );
+        served.record(&self.state, "grpc", &result);
         let response = result?;
         let routed = response.routed.clone();
         let mut reply = Response::new(

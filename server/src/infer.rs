@@ -205,6 +205,25 @@ pub struct Served {
     pub started: Instant,
 }
 
+impl Served {
+    /// Counts the finished request under its model (empty labels when none
+    /// was found, so clients cannot create series) and outcome.
+    pub fn record<T>(&self, state: &AppState, protocol: &str, result: &Result<T, ApiError>) {
+        let (model, version) = self
+            .model
+            .as_ref()
+            .map(|m| (m.name.as_str(), m.version.to_string()))
+            .unwrap_or(("", String::new()));
+        let outcome = match result {
+            Ok(_) => "success",
+            Err(err) => err.kind.as_label(),
+        };
+        state
+            .metrics
+            .observe_request(model, &version, protocol, outcome, self.started.elapsed());
+    }
+}
+
 /// Picks the model version for a request: an endpoint's variant, or the model itself.
 fn route(
     state: &AppState,

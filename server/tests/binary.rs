@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::models_dir;
+use common::{models_dir, spawn_listening};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -40,31 +39,6 @@ fn run_to_exit(cmd: &mut Command) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Starts the binary and waits for its `Listening.` line; returns it parsed.
-fn start(cmd: &mut Command) -> (Child, serde_json::Value) {
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-            && event["message"] == "Listening."
-        {
-            // Keep draining stderr so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return (child, event);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("switchyard did not report Listening.");
 }
 
 fn http_get(addr: &str, path: &str) -> u16 {
@@ -160,7 +134,8 @@ fn a_corrupt_model_fails_start_up_by_default() {
 #[test]
 fn with_exit_on_error_off_the_rest_serve_and_the_failure_is_indexed() {
     let repo = mixed_repository();
-    let (mut child, listening) = start(command(repo.path()).args(["--exit-on-error=false"]));
+    let (mut child, listening) =
+        spawn_listening(command(repo.path()).args(["--exit-on-error=false"]));
     let http = listening["http"].as_str().unwrap().to_owned();
     // Strict readiness: a model that cannot serve keeps the server unready.
     assert_eq!(http_get(&http, "/v2/health/ready"), 503);
@@ -194,7 +169,7 @@ fn with_exit_on_error_off_the_rest_serve_and_the_failure_is_indexed() {
 
 #[test]
 fn sigterm_exits_cleanly() {
-    let (mut child, listening) = start(&mut command(&models_dir()));
+    let (mut child, listening) = spawn_listening(&mut command(&models_dir()));
     let http = listening["http"].as_str().unwrap().to_owned();
     assert_eq!(http_get(&http, "/v2/health/ready"), 200);
     Command::new("kill")

@@ -9,8 +9,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -167,42 +167,26 @@ fn start(
     repo: &std::path::Path,
     collector: std::net::SocketAddr,
 ) -> (std::process::Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args([
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--model-repository")
-        .arg(repo)
-        .args([
-            "--log-format",
-            "json",
-            "--otlp-endpoint",
-            &format!("http://{collector}"),
-        ])
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let Some(Ok(line)) = lines.next() else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("switchyard exited before listening");
-        };
-        if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-            && event["message"] == "Listening."
-        {
-            let http = event["http"].as_str().unwrap().to_owned();
-            let grpc = event["grpc"].as_str().unwrap().to_owned();
-            std::thread::spawn(move || for _ in lines {});
-            return (child, http, grpc);
-        }
-    }
+    let (child, listening) = common::spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args([
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--model-repository")
+            .arg(repo)
+            .args([
+                "--log-format",
+                "json",
+                "--otlp-endpoint",
+                &format!("http://{collector}"),
+            ])
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    );
+    let address = |key: &str| listening[key].as_str().unwrap().to_owned();
+    (child, address("http"), address("grpc"))
 }

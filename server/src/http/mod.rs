@@ -380,22 +380,7 @@ async fn infer_http(
         span,
     )
     .await;
-    let (model_label, version_label) = served
-        .model
-        .as_ref()
-        .map(|m| (m.name.as_str(), m.version.to_string()))
-        .unwrap_or(("", String::new()));
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(err) => err.kind.as_label(),
-    };
-    state.metrics.observe_request(
-        model_label,
-        &version_label,
-        "http",
-        outcome,
-        served.started.elapsed(),
-    );
+    served.record(&state, "http", &result);
     match result {
         Ok((encoded, routed)) => {
             let mut response = Response::new(Body::from(encoded.body));

@@ -164,3 +164,31 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Spawns the binary and waits for its JSON `Listening.` line (returned
+/// parsed); stderr keeps being drained so the child never blocks on it.
+pub fn spawn_listening(
+    cmd: &mut std::process::Command,
+) -> (std::process::Child, serde_json::Value) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+            && event["message"] == "Listening."
+        {
+            std::thread::spawn(move || for _ in lines {});
+            return (child, event);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("switchyard did not report Listening.");
+}
