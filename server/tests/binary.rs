@@ -14,19 +14,7 @@ use common::{models_dir, spawn_listening};
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
 fn command(repo: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "--http-addr",
-        "127.0.0.1:0",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--metrics-addr",
-        "127.0.0.1:0",
-    ])
-    .arg("--model-repository")
-    .arg(repo)
-    .args(["--log-format", "json"]);
-    cmd
+    common::switchyard_command(BIN, repo)
 }
 
 fn run_to_exit(cmd: &mut Command) -> (i32, String) {

@@ -168,23 +168,8 @@ fn start(
     collector: std::net::SocketAddr,
 ) -> (std::process::Child, String, String) {
     let (child, listening) = common::spawn_listening(
-        Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args([
-                "--http-addr",
-                "127.0.0.1:0",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--model-repository")
-            .arg(repo)
-            .args([
-                "--log-format",
-                "json",
-                "--otlp-endpoint",
-                &format!("http://{collector}"),
-            ])
+        common::switchyard_command(env!("CARGO_BIN_EXE_switchyard"), repo)
+            .args(["--otlp-endpoint", &format!("http://{collector}")])
             .env("OTEL_BSP_SCHEDULE_DELAY", "100"),
     );
     let address = |key: &str| listening[key].as_str().unwrap().to_owned();

@@ -192,3 +192,20 @@ pub fn spawn_listening(
     let _ = child.wait();
     panic!("switchyard did not report Listening.");
 }
+
+/// The binary on ephemeral loopback ports, JSON logs, serving `repo`.
+pub fn switchyard_command(binary: &str, repo: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(binary);
+    cmd.args([
+        "--http-addr",
+        "127.0.0.1:0",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ])
+    .arg("--model-repository")
+    .arg(repo)
+    .args(["--log-format", "json"]);
+    cmd
+}
