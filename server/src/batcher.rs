@@ -145,7 +145,9 @@ impl Batch {
                 continue;
             };
             let length = lengths.get(*length_index).copied().unwrap_or(0);
-            *output = cut_dim(output, *dim, length)?;
+            if output.shape().get(*dim).is_some_and(|&have| have > length) {
+                *output = resize_dim(output, *dim, length, 0.0)?;
+            }
         }
         Ok(())
     }
@@ -649,7 +651,7 @@ impl Batcher {
                             .unwrap_or(0);
                         let padded: Vec<Tensor> = parts
                             .iter()
-                            .map(|t| pad_dim(t, pad.dim, target, pad.value))
+                            .map(|t| resize_dim(t, pad.dim, target, pad.value))
                             .collect::<Result<_, _>>()?;
                         Tensor::concat_rows(&padded.iter().collect::<Vec<_>>())?
                     }
@@ -688,26 +690,31 @@ impl Batcher {
     }
 }
 
-/// Pads `tensor` along `dim` to `target` with `value`.
-fn pad_dim(tensor: &Tensor, dim: usize, target: i64, value: f64) -> Result<Tensor, ApiError> {
+/// Resizes `tensor` along `dim` to `target` entries: keeps the first ones and,
+/// when growing, fills the rest with `fill` (padding on the way in, cutting it
+/// back off on the way out).
+fn resize_dim(tensor: &Tensor, dim: usize, target: i64, fill: f64) -> Result<Tensor, ApiError> {
     let shape = tensor.shape();
-    let have = shape[dim];
-    if have == target {
+    if dim >= shape.len() || shape[dim] == target {
         return Ok(tensor.clone());
     }
     let size = tensor.datatype().element_size().ok_or_else(|| {
-        ApiError::invalid(format!("input `{}`: BYTES cannot be padded", tensor.name()))
+        ApiError::invalid(format!(
+            "`{}`: BYTES tensors cannot be padded or cut",
+            tensor.name()
+        ))
     })?;
-    let fill = pad_value_bytes(tensor.datatype(), value);
+    let fill = pad_value_bytes(tensor.datatype(), fill);
     let outer: usize = shape[..dim].iter().map(|&d| d as usize).product();
     let inner: usize = shape[dim + 1..].iter().map(|&d| d as usize).product();
-    let (have, target) = (have as usize, target as usize);
+    let (have, target) = (shape[dim] as usize, target.max(0) as usize);
+    let keep = have.min(target);
     let data = tensor.data();
     let mut buf = BytesMut::with_capacity(outer * target * inner * size);
     for o in 0..outer {
         let start = o * have * inner * size;
-        buf.put_slice(&data[start..start + have * inner * size]);
-        for _ in 0..(target - have) * inner {
+        buf.put_slice(&data[start..start + keep * inner * size]);
+        for _ in 0..(target - keep) * inner {
             buf.put_slice(&fill[..size]);
         }
     }
@@ -741,34 +748,6 @@ fn pad_value_bytes(datatype: DataType, value: f64) -> [u8; 8] {
     };
     out[..bytes.len()].copy_from_slice(&bytes);
     out
-}
-
-/// Keeps the first `length` entries of `dim` (cutting padding back off).
-fn cut_dim(tensor: &Tensor, dim: usize, length: i64) -> Result<Tensor, ApiError> {
-    let shape = tensor.shape();
-    if dim >= shape.len() || shape[dim] <= length {
-        return Ok(tensor.clone());
-    }
-    let size = tensor.datatype().element_size().ok_or_else(|| {
-        ApiError::internal(format!("output `{}`: BYTES cannot be cut", tensor.name()))
-    })?;
-    let outer: usize = shape[..dim].iter().map(|&d| d as usize).product();
-    let inner: usize = shape[dim + 1..].iter().map(|&d| d as usize).product();
-    let (have, keep) = (shape[dim] as usize, length.max(0) as usize);
-    let data = tensor.data();
-    let mut buf = BytesMut::with_capacity(outer * keep * inner * size);
-    for o in 0..outer {
-        let start = o * have * inner * size;
-        buf.put_slice(&data[start..start + keep * inner * size]);
-    }
-    let mut new_shape = shape.to_vec();
-    new_shape[dim] = keep as i64;
-    Ok(Tensor::new(
-        tensor.name(),
-        tensor.datatype(),
-        new_shape,
-        buf.freeze(),
-    )?)
 }
 
 /// The adaptive delay rule. It keeps an estimate of the arrival rate λ (rows/s,
