@@ -13,11 +13,20 @@ SERVICES_VENV := .venv-services
 # MLServer (the remote runtime's real upstream in tests; a peer in benchmarks).
 MLSERVER_VENV := .cache/bench/mlserver
 export ORT_DYLIB_PATH ?= $(CURDIR)/.cache/onnxruntime/lib/libonnxruntime.so
+# The `torch` feature: lean libtorch 2.11.0 (scripts/fetch-libtorch.sh) to build
+# and run on CPU; PyTorch 2.11.0 in its own venv to make the TorchScript samples
+# and to check values against.
+export LIBTORCH ?= $(CURDIR)/.cache/libtorch/torch
+export LIBTORCH_CXX11_ABI ?= 1
+TORCH_VENV := .venv-torch
+TORCH_PY := $(TORCH_VENV)/bin/python
+TORCH_CRATES := -p switchyard -p switchyard-runtimes
 ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: bench run test setup onnxruntime venv models build build-release lint rust-test python-test clean
+.PHONY: bench run test setup onnxruntime venv models build build-release lint rust-test python-test clean \
+	libtorch torch-models torch-test run-torch bench-gpu-build
 
 ## Fetch what is needed, build, and serve the bundled models on :8000 (HTTP), :8001 (gRPC), :8002 (metrics).
 run: setup build-release
@@ -28,6 +37,7 @@ test: setup $(SERVICES_VENV)/.installed $(MLSERVER_VENV)/.installed
 	$(CARGO) build --locked --workspace --all-targets
 	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
 	$(MAKE) rust-test python-test
+	$(MAKE) torch-test
 
 ## Side-by-side benchmark (raw runtime, Switchyard, MLServer, KServe); see docs/BENCHMARKS.md.
 bench: setup build-release
@@ -75,16 +85,54 @@ rust-test:
 	fi
 
 python-test:
-	cd tests/python && SWITCHYARD_BIN=$(CURDIR)/target/debug/switchyard ../../$(PY) -m pytest -q -p no:cacheprovider
+	cd tests/python && SWITCHYARD_BIN=$(CURDIR)/target/debug/switchyard ../../$(PY) -m pytest -q -p no:cacheprovider --ignore=torchscript
+
+## The TorchScript pass (part of `make test`): build with `--features torch`
+## against the lean libtorch, then its Rust tests and the Python tests that
+## compare values with PyTorch. The default build above never needs libtorch.
+torch-test: libtorch torch-models
+	$(CARGO) build --locked $(TORCH_CRATES) --all-targets --features torch
+	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --locked $(TORCH_CRATES) --features torch --no-fail-fast -E 'binary(torch) | test(torch)'; \
+	else \
+		$(CARGO) test --locked $(TORCH_CRATES) --features torch torch; \
+	fi
+	cd tests/python && SWITCHYARD_BIN=$(CURDIR)/target/debug/switchyard ../../$(TORCH_PY) -m pytest -q -p no:cacheprovider torchscript
+
+libtorch:
+	scripts/fetch-libtorch.sh >/dev/null
+
+$(TORCH_VENV)/.installed: tests/python/torch-requirements.txt tests/python/requirements.txt models/requirements.txt
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/torch-requirements.txt
+	touch $@
+
+torch-models: $(TORCH_VENV)/.installed
+	$(TORCH_PY) models/make_models.py --torch --check
+
+## Serve the TorchScript samples (models/torch) with a `--features torch` build, on CPU.
+run-torch: setup libtorch torch-models
+	$(CARGO) build --locked --release -p switchyard --features torch
+	ln -sf $(ORT_DYLIB_PATH) target/release/libonnxruntime.so
+	./target/release/switchyard --model-repository models/torch $(ARGS)
+
+## What bench/gpu/run.sh needs on a CUDA machine: release binaries (the server
+## with the `torch` feature) and the script; see bench/gpu/README.md.
+bench-gpu-build: setup libtorch
+	$(CARGO) build --locked --release -p switchyard --features torch
+	$(CARGO) build --locked --release -p switchyard-load
 
 ## Formatting, lints, the dependency rule (runtimes never pulls in a web server),
 ## and the Kubernetes manifests (yamllint, kustomize, kubernetes-validate 1.29).
 lint: venv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	scripts/fetch-libtorch.sh >/dev/null
+	$(CARGO) clippy --locked $(TORCH_CRATES) --all-targets --features torch -- -D warnings
 	scripts/check-dependency-direction.sh
 	PY=$(PY) scripts/check-k8s.sh
 
 clean:
 	$(CARGO) clean
-	rm -rf .cache $(VENV) $(SERVICES_VENV)
+	rm -rf .cache $(VENV) $(SERVICES_VENV) $(TORCH_VENV)

@@ -13,6 +13,11 @@ Models (repository layout: <name>/<version>/model.onnx):
   typed  one input/output pair per non-float datatype:
          `ids` INT64 -> `ids_doubled`, `mask` BOOL -> `mask_inverted`,
          `half` FP16 -> `half_scaled` (x * 0.5), `text` BYTES/STRING -> `text_copy`.
+
+With --torch it writes the TorchScript samples of torch_samples.py instead, into
+the separate repository torch/ (served with the `torch` feature), checked
+against torch/checksums.sha256 (digests of the weights: PyTorch's archives
+carry a random serialization id, so their bytes differ from run to run).
 """
 
 from __future__ import annotations
@@ -197,19 +202,31 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE, help="repository root to write into (default: this folder)")
     parser.add_argument("--check", action="store_true", help="fail if a file differs from checksums.sha256")
     parser.add_argument("--record", action="store_true", help="rewrite checksums.sha256 from the files written")
+    parser.add_argument("--torch", action="store_true", help="write the TorchScript samples into <out>/torch (needs PyTorch 2.11)")
     args = parser.parse_args()
 
     written = {}
-    for name, make in SAMPLES.items():
-        path = args.out / name / "1" / "model.onnx"
-        write_atomically(path, make().SerializeToString())
-        written[f"{name}/1/model.onnx"] = sha256(path)
-        print(f"wrote {path} ({path.stat().st_size} bytes)")
+    checksums = CHECKSUMS
+    if args.torch:
+        import torch_samples
+
+        checksums = HERE / "torch" / "checksums.sha256"
+        for name in torch_samples.SAMPLES:
+            path = args.out / "torch" / name / "1" / "model.pt"
+            write_atomically(path, torch_samples.serialize(name))
+            written[f"{name}/1/model.pt"] = torch_samples.weights_digest(path)
+            print(f"wrote {path} ({path.stat().st_size} bytes)")
+    else:
+        for name, make in SAMPLES.items():
+            path = args.out / name / "1" / "model.onnx"
+            write_atomically(path, make().SerializeToString())
+            written[f"{name}/1/model.onnx"] = sha256(path)
+            print(f"wrote {path} ({path.stat().st_size} bytes)")
 
     if args.record:
-        CHECKSUMS.write_text("".join(f"{digest}  {rel}\n" for rel, digest in sorted(written.items())))
+        checksums.write_text("".join(f"{digest}  {rel}\n" for rel, digest in sorted(written.items())))
     if args.check:
-        expected = dict(reversed(line.split()) for line in CHECKSUMS.read_text().splitlines() if line.strip())
+        expected = dict(reversed(line.split()) for line in checksums.read_text().splitlines() if line.strip())
         bad = [rel for rel, digest in written.items() if expected.get(rel) != digest]
         if bad:
             print(f"checksum mismatch for {', '.join(bad)}: are the versions in requirements.txt installed?", file=sys.stderr)

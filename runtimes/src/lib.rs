@@ -1,6 +1,7 @@
 //! Switchyard's runtimes: tensors, model signatures, the blocking `Runtime`
-//! trait, and its backends (ONNX Runtime in process; a remote KServe v2
-//! upstream over a gRPC client). Knows nothing of serving HTTP or gRPC, nor
+//! trait, and its backends (ONNX Runtime in process; libtorch/TorchScript in
+//! process with the `torch` feature; a remote KServe v2 upstream over a gRPC
+//! client). Knows nothing of serving HTTP or gRPC, nor
 //! of the batching and routing that the server puts in front.
 
 pub mod datatype;
@@ -9,6 +10,7 @@ pub mod remote;
 pub mod runtime;
 pub mod signature;
 pub mod tensor;
+pub mod torch;
 
 pub use datatype::{DataType, UnknownDataType};
 pub use runtime::{Health, Runtime, RuntimeError};

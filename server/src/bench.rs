@@ -5,11 +5,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
-use switchyard_runtimes::Runtime;
-use switchyard_runtimes::onnx::{OnnxOptions, OnnxRuntime};
+use switchyard_runtimes::onnx::OnnxOptions;
 
-use crate::model::model_file_name;
-use crate::model_config::ModelConfig;
+use crate::model::load_runtimes;
+use crate::model_config::{ModelConfig, Platform};
 
 /// Time a model's runtime in process (no server): the gateway's ceiling.
 #[derive(Debug, Clone, Args)]
@@ -26,7 +25,7 @@ pub struct BenchArgs {
     /// Batch sizes to time, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,128")]
     pub batch: Vec<usize>,
-    /// ONNX Runtime intra-op threads.
+    /// ONNX Runtime intra-op threads per session; libtorch's CPU threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Let idle ONNX Runtime threads spin.
@@ -54,10 +53,8 @@ pub struct BatchTiming {
 }
 
 pub fn run(args: &BenchArgs) -> Result<Vec<BatchTiming>, String> {
-    switchyard_runtimes::onnx::init(args.onnxruntime_library.as_deref())
-        .map_err(|e| e.to_string())?;
     let model_dir = args.model_repository.join(&args.model);
-    let (config, _) = ModelConfig::load(
+    let (mut config, _) = ModelConfig::load(
         &model_dir,
         &crate::model_config::ConfigDefaults {
             queue_capacity: 1,
@@ -73,15 +70,24 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BatchTiming>, String> {
             .max()
             .ok_or_else(|| format!("{} has no version folders", model_dir.display()))?,
     };
-    let file = model_dir
-        .join(version.to_string())
-        .join(model_file_name(config.platform));
-    let options = OnnxOptions {
+    match config.platform {
+        Platform::Onnx => {
+            switchyard_runtimes::onnx::init(args.onnxruntime_library.as_deref())
+                .map_err(|e| e.to_string())?;
+        }
+        #[cfg(feature = "torch")]
+        Platform::Torch => switchyard_runtimes::torch::init(args.threads),
+        _ => {}
+    }
+    config.onnx = OnnxOptions {
         intra_op_threads: args.threads,
         inter_op_threads: 1,
         spinning: args.spinning,
     };
-    let mut runtime = OnnxRuntime::load(&file, &options).map_err(|e| e.to_string())?;
+    // One instance: the first the config names (its device, for TorchScript).
+    config.instance_count = 1;
+    let mut runtimes = load_runtimes(&args.model, &model_dir.join(version.to_string()), &config)?;
+    let runtime = runtimes.first_mut().ok_or("the model has no instances")?;
     let mut results = Vec::new();
     for &batch in &args.batch {
         let inputs = crate::model::synthetic_inputs(runtime.signature(), batch)?;
@@ -118,7 +124,7 @@ pub fn print(args: &BenchArgs, results: &[BatchTiming]) {
         return;
     }
     println!(
-        "model {} (ONNX Runtime, {} intra-op thread(s), spinning {})",
+        "model {} ({} intra-op thread(s), ONNX Runtime spinning {})",
         args.model, args.threads, args.spinning
     );
     println!("| batch | runs | p50 ms | p99 ms | mean ms | rows/s |");

@@ -35,6 +35,9 @@ pub struct Cli {
 pub enum Command {
     /// Time a model's runtime in process, with no server: the ceiling for benchmarks.
     BenchRuntime(crate::bench::BenchArgs),
+    /// Print what libtorch found (its CUDA part, devices, cuDNN) as JSON.
+    #[cfg(feature = "torch")]
+    TorchInfo,
 }
 
 /// How the server runs.
@@ -184,6 +187,11 @@ pub struct Config {
     /// Let idle ONNX Runtime threads spin (lower latency, burns CPU).
     #[arg(long, env = "SWITCHYARD_ONNX_SPINNING")]
     pub onnx_spinning: bool,
+
+    /// libtorch's CPU threads for the whole process (TorchScript models on the CPU share them).
+    #[cfg(feature = "torch")]
+    #[arg(long, env = "SWITCHYARD_TORCH_THREADS", default_value_t = 1)]
+    pub torch_threads: usize,
 
     /// After SIGTERM, how long to keep serving (readiness already false) before closing listeners.
     #[arg(long, env = "SWITCHYARD_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]

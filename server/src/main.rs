@@ -35,8 +35,26 @@ async fn shutdown_signal() {
 
 async fn run(config: Config) -> Result<(), String> {
     config.validate()?;
-    switchyard_runtimes::onnx::init(config.onnxruntime_library.as_deref())
-        .map_err(|err| err.to_string())?;
+    // A named library must load; a missing default one only stops ONNX models
+    // (each then fails to load, with this reason), so a TorchScript- or
+    // remote-only deployment need not ship ONNX Runtime.
+    if let Err(err) = switchyard_runtimes::onnx::init(config.onnxruntime_library.as_deref()) {
+        if config.onnxruntime_library.is_some() {
+            return Err(err.to_string());
+        }
+        tracing::warn!(error = %err, "ONNX Runtime is not available; ONNX models will not load.");
+    }
+    #[cfg(feature = "torch")]
+    {
+        switchyard_runtimes::torch::init(config.torch_threads);
+        let status = switchyard_runtimes::torch::cuda_status();
+        info!(
+            cuda = status.cuda_available,
+            devices = status.device_count,
+            threads = status.intra_op_threads,
+            "libtorch ready."
+        );
+    }
     let tls = config.tls()?;
     let cache_dir = config.cache_dir();
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
@@ -125,6 +143,12 @@ async fn run(config: Config) -> Result<(), String> {
 fn main() -> ExitCode {
     switchyard::memory::tune_allocator();
     let cli = Cli::parse();
+    #[cfg(feature = "torch")]
+    if let Some(Command::TorchInfo) = &cli.command {
+        let status = switchyard_runtimes::torch::cuda_status();
+        println!("{}", serde_json::to_string(&status).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
     if let Some(Command::BenchRuntime(args)) = &cli.command {
         return match switchyard::bench::run(args) {
             Ok(results) => {

@@ -24,9 +24,64 @@ use crate::model_config::{ModelConfig, Platform};
 pub fn model_file_name(platform: Platform) -> &'static str {
     match platform {
         Platform::Onnx => "model.onnx",
+        Platform::Torch => "model.pt",
         // Nothing on disk: the model lives on its upstreams.
         Platform::Remote => "",
     }
+}
+
+/// Loads a version's `instance_count` runtime instances, one per worker.
+pub fn load_runtimes(
+    name: &str,
+    version_dir: &Path,
+    config: &ModelConfig,
+) -> Result<Vec<Box<dyn Runtime>>, String> {
+    let mut runtimes: Vec<Box<dyn Runtime>> = Vec::with_capacity(config.instance_count);
+    match (config.platform, &config.remote) {
+        (Platform::Remote, Some(remote)) => {
+            let options = RemoteOptions {
+                upstreams: remote.upstreams.clone(),
+                model: remote.model.clone().unwrap_or_else(|| name.to_owned()),
+                version: remote.version.clone(),
+                timeout: remote.timeout,
+                connect_timeout: remote.connect_timeout,
+                retries: remote.retries,
+                retry_budget: remote.retry_budget,
+                eject_after: remote.eject_after,
+                probe_interval: remote.probe_interval,
+            };
+            let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+                "a remote model must be loaded inside the server's runtime".to_owned()
+            })?;
+            let pool = UpstreamPool::new(options, handle).map_err(|e| e.to_string())?;
+            let first = RemoteRuntime::connect(pool).map_err(|e| e.to_string())?;
+            for _ in 1..config.instance_count {
+                runtimes.push(Box::new(first.instance()));
+            }
+            runtimes.push(Box::new(first));
+        }
+        (platform, _) => {
+            let file = version_dir.join(model_file_name(platform));
+            if !file.is_file() {
+                return Err(format!("{} is missing", file.display()));
+            }
+            for index in 0..config.instance_count {
+                let runtime: Box<dyn Runtime> = match (platform, &config.torch) {
+                    (Platform::Torch, Some(torch)) => switchyard_runtimes::torch::load(
+                        &file,
+                        &config.signature_declared(),
+                        &torch.instance(index),
+                    )
+                    .map_err(|err| err.to_string())?,
+                    _ => Box::new(
+                        OnnxRuntime::load(&file, &config.onnx).map_err(|err| err.to_string())?,
+                    ),
+                };
+                runtimes.push(runtime);
+            }
+        }
+    }
+    Ok(runtimes)
 }
 
 /// Trips after repeated failed batches: the version then refuses requests
@@ -111,42 +166,7 @@ impl ModelVersion {
         metrics: &Metrics,
     ) -> Result<Arc<Self>, String> {
         let started = Instant::now();
-        let mut runtimes: Vec<Box<dyn Runtime>> = Vec::with_capacity(config.instance_count);
-        match (config.platform, &config.remote) {
-            (Platform::Remote, Some(remote)) => {
-                let options = RemoteOptions {
-                    upstreams: remote.upstreams.clone(),
-                    model: remote.model.clone().unwrap_or_else(|| name.to_owned()),
-                    version: remote.version.clone(),
-                    timeout: remote.timeout,
-                    connect_timeout: remote.connect_timeout,
-                    retries: remote.retries,
-                    retry_budget: remote.retry_budget,
-                    eject_after: remote.eject_after,
-                    probe_interval: remote.probe_interval,
-                };
-                let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-                    "a remote model must be loaded inside the server's runtime".to_owned()
-                })?;
-                let pool = UpstreamPool::new(options, handle).map_err(|e| e.to_string())?;
-                let first = RemoteRuntime::connect(pool).map_err(|e| e.to_string())?;
-                for _ in 1..config.instance_count {
-                    runtimes.push(Box::new(first.instance()));
-                }
-                runtimes.push(Box::new(first));
-            }
-            _ => {
-                let file = version_dir.join(model_file_name(config.platform));
-                if !file.is_file() {
-                    return Err(format!("{} is missing", file.display()));
-                }
-                for _ in 0..config.instance_count {
-                    let runtime =
-                        OnnxRuntime::load(&file, &config.onnx).map_err(|err| err.to_string())?;
-                    runtimes.push(Box::new(runtime));
-                }
-            }
-        }
+        let mut runtimes = load_runtimes(name, version_dir, config)?;
         let health = runtimes.first().and_then(|rt| rt.health());
         let runtime_health = health.clone();
         let model_signature = runtimes

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_runtimes::onnx::OnnxOptions;
+use switchyard_runtimes::torch::{TorchDevice, TorchOptions};
 use switchyard_runtimes::{DataType, Signature, TensorSpec};
 
 /// Upper bound on worker instances per model version; more only thrashes 2–16 cores.
@@ -84,6 +85,17 @@ struct RawOnnxConfig {
     intra_op_threads: Option<usize>,
     inter_op_threads: Option<usize>,
     spinning: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTorchConfig {
+    /// `cpu`, `cuda` or `cuda:N`; `devices` spreads instances over several.
+    device: Option<String>,
+    devices: Option<Vec<String>>,
+    autocast_fp16: Option<bool>,
+    cast_inputs: Option<DataType>,
+    pinned_transfers: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -182,10 +194,14 @@ struct RawModelConfig {
     queue: Option<RawQueueConfig>,
     dynamic_batching: Option<RawBatching>,
     onnx: Option<RawOnnxConfig>,
+    torch: Option<RawTorchConfig>,
     warmup: Option<bool>,
     remote: Option<RawRemote>,
     unhealthy_after_failures: Option<u32>,
     unhealthy_cooldown_ms: Option<u64>,
+    /// One device per instance, from Triton's `instance_group` (never from YAML).
+    #[serde(skip)]
+    instance_devices: Option<Vec<TorchDevice>>,
 }
 
 /// What happens to a request whose timeout passes while it waits.
@@ -252,6 +268,8 @@ pub struct BatchingConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Platform {
     Onnx,
+    /// TorchScript through libtorch (the `torch` cargo feature).
+    Torch,
     /// Forwarded to KServe v2 upstreams.
     Remote,
 }
@@ -261,6 +279,7 @@ impl Platform {
     pub fn as_str(self) -> &'static str {
         match self {
             Platform::Onnx => "onnxruntime_onnx",
+            Platform::Torch => "pytorch_libtorch",
             Platform::Remote => "remote",
         }
     }
@@ -268,10 +287,34 @@ impl Platform {
     fn parse(name: &str) -> Result<Self, String> {
         match name {
             "onnxruntime_onnx" | "onnx" | "onnxruntime" => Ok(Platform::Onnx),
+            "pytorch_libtorch" | "pytorch" | "libtorch" | "torchscript" => Ok(Platform::Torch),
             "remote" => Ok(Platform::Remote),
             other => Err(format!(
-                "unknown platform `{other}`; expected `onnxruntime_onnx` or `remote`"
+                "unknown platform `{other}`; expected `onnxruntime_onnx`, `pytorch_libtorch` or `remote`"
             )),
+        }
+    }
+}
+
+/// How a TorchScript model's instances run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchConfig {
+    /// The device of each instance, in order (`instance_count` per device).
+    pub instance_devices: Vec<TorchDevice>,
+    /// Everything but the device, shared by the instances.
+    pub options: TorchOptions,
+}
+
+impl TorchConfig {
+    /// Options for instance `index`.
+    pub fn instance(&self, index: usize) -> TorchOptions {
+        TorchOptions {
+            device: self
+                .instance_devices
+                .get(index)
+                .copied()
+                .unwrap_or(TorchDevice::Cpu),
+            ..self.options.clone()
         }
     }
 }
@@ -299,6 +342,8 @@ pub struct ModelConfig {
     /// `None`: every request runs alone.
     pub dynamic_batching: Option<BatchingConfig>,
     pub onnx: OnnxOptions,
+    /// Set for platform `pytorch_libtorch`.
+    pub torch: Option<TorchConfig>,
     /// Run synthetic inputs through every instance before serving.
     pub warmup: bool,
     /// Set for platform `remote`.
@@ -328,6 +373,7 @@ impl ModelConfig {
             },
             dynamic_batching: None,
             onnx: defaults.onnx.clone(),
+            torch: None,
             warmup: true,
             remote: None,
             unhealthy_after_failures: 5,
@@ -378,6 +424,14 @@ impl ModelConfig {
             serde_yaml_ng::from_str(text).map_err(|err| err.to_string())?
         };
         raw.validate(defaults)
+    }
+
+    /// The declared inputs and outputs as a signature (what TorchScript models serve).
+    pub fn signature_declared(&self) -> Signature {
+        Signature {
+            inputs: self.inputs.clone(),
+            outputs: self.outputs.clone(),
+        }
     }
 
     /// Full shape of a declared tensor: `[-1] + dims` when the model batches.
@@ -566,6 +620,25 @@ impl RawModelConfig {
             },
             None => defaults.onnx.clone(),
         };
+        let torch = match (platform, self.torch) {
+            (Platform::Torch, raw) => Some(
+                raw.unwrap_or_default()
+                    .validate(instance_count, self.instance_devices)?,
+            ),
+            (_, Some(_)) => {
+                return Err("a `torch:` section needs `platform: pytorch_libtorch`".to_owned());
+            }
+            (_, None) => None,
+        };
+        // Torch's instance_count is per device.
+        let instance_count = torch
+            .as_ref()
+            .map_or(instance_count, |t| t.instance_devices.len());
+        if !(1..=MAX_INSTANCES).contains(&instance_count) {
+            return Err(format!(
+                "{instance_count} instances in all; at most {MAX_INSTANCES} are allowed"
+            ));
+        }
         let mut config = ModelConfig {
             platform,
             max_batch_size,
@@ -576,6 +649,7 @@ impl RawModelConfig {
             queue,
             dynamic_batching,
             onnx,
+            torch,
             warmup: self.warmup.unwrap_or(true),
             unhealthy_after_failures: self.unhealthy_after_failures.unwrap_or(5).max(1),
             unhealthy_cooldown: Duration::from_millis(self.unhealthy_cooldown_ms.unwrap_or(10_000)),
@@ -616,8 +690,29 @@ impl RawModelConfig {
                 }
             }
         }
+        if platform == Platform::Torch {
+            if config.inputs.is_empty() || config.outputs.is_empty() {
+                return Err("TorchScript models carry no tensor names, types or shapes; declare `inputs` and `outputs`".to_owned());
+            }
+            for spec in config.inputs.iter().chain(&config.outputs) {
+                if !switchyard_runtimes::torch::supports(spec.datatype) {
+                    return Err(format!(
+                        "`{}` is {}, which TorchScript tensors cannot carry here",
+                        spec.name, spec.datatype
+                    ));
+                }
+            }
+            switchyard_runtimes::torch::argument_order(&config.signature_declared())?;
+        }
         Ok(config)
     }
+}
+
+/// One `instance_group` of a Triton config.
+struct InstanceGroup {
+    count: usize,
+    kind: String,
+    gpus: Vec<usize>,
 }
 
 /// Reads Triton's `config.pbtxt`. Returns the config and one warning per
@@ -674,6 +769,7 @@ pub fn from_triton(
             .collect()
     };
     let mut instance_count: Option<usize> = None;
+    let mut groups: Vec<InstanceGroup> = Vec::new();
     for (field, value) in &root.fields {
         match field.as_str() {
             "name" => {
@@ -688,6 +784,8 @@ pub fn from_triton(
                 let name = value.as_text().unwrap_or_default();
                 let platform = match name {
                     "onnxruntime" => "onnxruntime_onnx",
+                    // Triton's backend name for TorchScript.
+                    "pytorch" => "pytorch_libtorch",
                     other => other,
                 };
                 Platform::parse(platform)?;
@@ -709,24 +807,28 @@ pub fn from_triton(
                 let m = value
                     .as_message()
                     .ok_or("config.pbtxt: instance_group must be a message")?;
-                let mut count = 1;
+                let mut group = InstanceGroup {
+                    count: 1,
+                    kind: "KIND_AUTO".to_owned(),
+                    gpus: Vec::new(),
+                };
                 for (f, v) in &m.fields {
                     match f.as_str() {
-                        "count" => count = int_of(v, "instance_group.count")?.max(0) as usize,
-                        "kind"
-                            if v.as_text() == Some("KIND_CPU")
-                                || v.as_text() == Some("KIND_AUTO") => {}
-                        "kind" => warnings.push(format!(
-                            "instance_group.kind {} is not supported; instances run on the CPU",
-                            v.as_text().unwrap_or_default()
-                        )),
+                        "count" => group.count = int_of(v, "instance_group.count")?.max(0) as usize,
+                        "kind" => group.kind = v.as_text().unwrap_or_default().to_owned(),
+                        "gpus" => group.gpus.push(
+                            usize::try_from(int_of(v, "instance_group.gpus")?).map_err(
+                                |_| "config.pbtxt: instance_group.gpus must not be negative",
+                            )?,
+                        ),
                         "name" => {}
                         other => warnings.push(format!(
                             "instance_group.{other} is not supported and has no effect"
                         )),
                     }
                 }
-                instance_count = Some(instance_count.unwrap_or(0) + count);
+                instance_count = Some(instance_count.unwrap_or(0) + group.count);
+                groups.push(group);
             }
             "version_policy" => {
                 let m = value
@@ -810,8 +912,98 @@ pub fn from_triton(
         }
     }
     raw.instance_count = instance_count;
+    let torch = raw.platform.as_deref().map(Platform::parse) == Some(Ok(Platform::Torch));
+    if torch && !groups.is_empty() {
+        // Triton's rule: `count` instances on each listed GPU (all GPUs when none are listed).
+        let mut devices = Vec::new();
+        for group in &groups {
+            let on: Vec<TorchDevice> = match group.kind.as_str() {
+                "KIND_CPU" => vec![TorchDevice::Cpu],
+                "KIND_GPU" if group.gpus.is_empty() => vec![TorchDevice::Cuda(0)],
+                "KIND_GPU" => group.gpus.iter().map(|&g| TorchDevice::Cuda(g)).collect(),
+                _ => vec![TorchDevice::Cpu],
+            };
+            if group.kind == "KIND_GPU" && group.gpus.is_empty() {
+                warnings.push("instance_group KIND_GPU without gpus: instances go to cuda:0 (list `gpus` to use others)".to_owned());
+            }
+            for device in on {
+                devices.extend(std::iter::repeat_n(device, group.count));
+            }
+        }
+        raw.instance_devices = Some(devices);
+    } else {
+        for group in &groups {
+            if !matches!(group.kind.as_str(), "KIND_CPU" | "KIND_AUTO") {
+                warnings.push(format!(
+                    "instance_group.kind {} is not supported for this platform; instances run on the CPU",
+                    group.kind
+                ));
+            }
+            if !group.gpus.is_empty() {
+                warnings.push("instance_group.gpus has no effect for this platform".to_owned());
+            }
+        }
+    }
     let config = raw.validate(defaults)?;
     Ok((config, warnings))
+}
+
+impl RawTorchConfig {
+    fn validate(
+        self,
+        instance_count: usize,
+        explicit: Option<Vec<TorchDevice>>,
+    ) -> Result<TorchConfig, String> {
+        let instance_devices = match (explicit, self.device, self.devices) {
+            (Some(devices), _, _) => devices,
+            (None, Some(_), Some(_)) => {
+                return Err("torch: give `device` or `devices`, not both".to_owned());
+            }
+            (None, one, many) => {
+                let names = many.or(one.map(|d| vec![d])).unwrap_or_default();
+                let mut devices = names
+                    .iter()
+                    .map(|name| {
+                        name.parse::<TorchDevice>()
+                            .map_err(|e| format!("torch: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if devices.is_empty() {
+                    devices.push(TorchDevice::Cpu);
+                }
+                devices
+                    .into_iter()
+                    .flat_map(|device| std::iter::repeat_n(device, instance_count))
+                    .collect()
+            }
+        };
+        let autocast_fp16 = self.autocast_fp16.unwrap_or(false);
+        if autocast_fp16 && instance_devices.contains(&TorchDevice::Cpu) {
+            return Err(
+                "torch.autocast_fp16 applies to CUDA devices; this model has CPU instances"
+                    .to_owned(),
+            );
+        }
+        if let Some(cast) = self.cast_inputs
+            && !matches!(
+                cast,
+                DataType::Fp16 | DataType::Bf16 | DataType::Fp32 | DataType::Fp64
+            )
+        {
+            return Err(format!(
+                "torch.cast_inputs must be FP16, BF16, FP32 or FP64, not {cast}"
+            ));
+        }
+        Ok(TorchConfig {
+            instance_devices,
+            options: TorchOptions {
+                device: TorchDevice::Cpu,
+                autocast_fp16,
+                cast_inputs: self.cast_inputs,
+                pinned_transfers: self.pinned_transfers.unwrap_or(true),
+            },
+        })
+    }
 }
 
 impl RawRemote {
@@ -1023,6 +1215,101 @@ dynamic_batching:
         assert!(err.contains("unknown datatype `FLOAT`"), "{err}");
         let err = ModelConfig::parse("platform: tensorflow", &defaults()).unwrap_err();
         assert!(err.contains("unknown platform"), "{err}");
+    }
+
+    #[test]
+    fn torch_models_declare_tensors_and_place_instances_per_device() {
+        let yaml = r#"
+platform: pytorch_libtorch
+max_batch_size: 8
+instance_count: 2
+inputs: [{name: x, datatype: FP16, dims: [4]}]
+outputs: [{name: y, datatype: FP32, dims: [4]}]
+torch: {devices: ["cuda:0", "cuda:1"], autocast_fp16: true, cast_inputs: FP32, pinned_transfers: false}
+"#;
+        let config = ModelConfig::parse(yaml, &defaults()).unwrap();
+        assert_eq!(config.platform, Platform::Torch);
+        assert_eq!(config.instance_count, 4);
+        let torch = config.torch.clone().unwrap();
+        assert_eq!(
+            torch.instance_devices,
+            vec![
+                TorchDevice::Cuda(0),
+                TorchDevice::Cuda(0),
+                TorchDevice::Cuda(1),
+                TorchDevice::Cuda(1)
+            ]
+        );
+        let third = torch.instance(2);
+        assert_eq!(third.device, TorchDevice::Cuda(1));
+        assert!(third.autocast_fp16 && !third.pinned_transfers);
+        assert_eq!(third.cast_inputs, Some(DataType::Fp32));
+        assert_eq!(config.signature_declared().inputs[0].shape, vec![-1, 4]);
+
+        let cpu = ModelConfig::parse(
+            "platform: pytorch\ninputs: [{name: x, datatype: FP32, dims: [4]}]\noutputs: [{name: y, datatype: FP32, dims: [4]}]",
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(cpu.torch.unwrap().instance_devices, vec![TorchDevice::Cpu]);
+        for (bad, why) in [
+            (
+                "platform: pytorch_libtorch",
+                "declare `inputs` and `outputs`",
+            ),
+            (
+                "platform: onnxruntime_onnx\ntorch: {device: cpu}",
+                "needs `platform: pytorch_libtorch`",
+            ),
+            (
+                "platform: pytorch_libtorch\ninputs: [{name: x, datatype: FP32, dims: [1]}]\noutputs: [{name: y, datatype: FP32, dims: [1]}]\ntorch: {autocast_fp16: true}",
+                "applies to CUDA",
+            ),
+            (
+                "platform: pytorch_libtorch\ninputs: [{name: x, datatype: FP32, dims: [1]}]\noutputs: [{name: y, datatype: FP32, dims: [1]}]\ntorch: {device: tpu}",
+                "unknown",
+            ),
+            (
+                "platform: pytorch_libtorch\ninputs: [{name: x, datatype: FP32, dims: [1]}]\noutputs: [{name: y, datatype: FP32, dims: [1]}]\ntorch: {cast_inputs: INT64}",
+                "cast_inputs",
+            ),
+            (
+                "platform: pytorch_libtorch\ninputs: [{name: x, datatype: BYTES, dims: [1]}]\noutputs: [{name: y, datatype: FP32, dims: [1]}]",
+                "cannot carry",
+            ),
+            (
+                "platform: pytorch_libtorch\ninputs: [{name: a__0, datatype: FP32, dims: [1]}, {name: b__0, datatype: FP32, dims: [1]}]\noutputs: [{name: y, datatype: FP32, dims: [1]}]",
+                "b__0",
+            ),
+        ] {
+            let err = ModelConfig::parse(bad, &defaults()).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn triton_gpu_groups_place_torch_instances_on_their_gpus() {
+        let text = r#"
+backend: "pytorch"
+max_batch_size: 4
+input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+instance_group [ { count: 2 kind: KIND_GPU gpus: [ 0, 1 ] }, { count: 1 kind: KIND_CPU } ]
+"#;
+        let (config, warnings) = from_triton(text, "m", &defaults()).unwrap();
+        assert_eq!(config.platform, Platform::Torch);
+        assert_eq!(config.instance_count, 5);
+        assert_eq!(
+            config.torch.unwrap().instance_devices,
+            vec![
+                TorchDevice::Cuda(0),
+                TorchDevice::Cuda(0),
+                TorchDevice::Cuda(1),
+                TorchDevice::Cuda(1),
+                TorchDevice::Cpu
+            ]
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]

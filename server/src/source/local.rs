@@ -1,4 +1,5 @@
-//! The local model repository (`<root>/<model>/<version>/model.onnx`, config
+//! The local model repository (`<root>/<model>/<version>/model.onnx` or
+//! `model.pt`, config
 //! beside the versions). Listing reads the folder; changes are noticed by a
 //! `notify` watcher (create/modify/remove events, debounced by the caller) and
 //! by the periodic re-scan. Fingerprints are the model file's size and mtime,
@@ -13,7 +14,7 @@ use super::{Listing, ModelListing, Source, SourceError, VersionListing};
 use crate::repository::valid_model_name;
 
 /// Model files a version folder may hold, in order of preference.
-const MODEL_FILES: &[&str] = &["model.onnx"];
+const MODEL_FILES: &[&str] = &["model.onnx", "model.pt"];
 
 #[derive(Debug, Clone)]
 pub struct LocalSource {
