@@ -117,11 +117,14 @@ run-torch: setup libtorch torch-models
 	ln -sf $(ORT_DYLIB_PATH) target/release/libonnxruntime.so
 	./target/release/switchyard --model-repository models/torch $(ARGS)
 
-## What bench/gpu/run.sh needs on a CUDA machine: release binaries (the server
-## with the `torch` feature) and the script; see bench/gpu/README.md.
+## What bench/gpu/run.py needs on a CUDA machine: release binaries (the server
+## with the `torch` feature), stripped into target/gpu-bundle; see bench/gpu/README.md.
 bench-gpu-build: setup libtorch
 	$(CARGO) build --locked --release -p switchyard --features torch
 	$(CARGO) build --locked --release -p switchyard-load
+	mkdir -p target/gpu-bundle
+	strip -o target/gpu-bundle/switchyard target/release/switchyard
+	strip -o target/gpu-bundle/switchyard-load target/release/switchyard-load
 
 ## Formatting, lints, the dependency rule (runtimes never pulls in a web server),
 ## and the Kubernetes manifests (yamllint, kustomize, kubernetes-validate 1.29).

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 from typing import Dict, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,6 +26,8 @@ from torch import nn
 class Mlp(nn.Module):
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
+        import numpy as np  # Only here: bench/gpu builds resnet18 where numpy may be absent.
+
         # The same draws as make_models.make_mlp, so both runtimes compute the same function.
         rng = np.random.default_rng(seed)
         sizes = [256, 1024, 1024, 10]

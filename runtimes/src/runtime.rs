@@ -22,6 +22,24 @@ pub trait Runtime: Send {
         self.run(inputs)
     }
 
+    /// Runs a batch as the batcher formed it: for each signature input, in
+    /// order, the requests' row blocks in request order. The default joins
+    /// the blocks along dimension 0 (here, on the worker thread, not on the
+    /// batcher's task) and calls `run_traced`; a runtime that can copy blocks
+    /// straight to where they are used (a device's staging buffer) overrides
+    /// it and saves that copy.
+    fn run_blocks(
+        &mut self,
+        blocks: &[Vec<Tensor>],
+        traceparent: Option<&str>,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let inputs = blocks
+            .iter()
+            .map(|parts| Tensor::concat_rows(&parts.iter().collect::<Vec<_>>()))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.run_traced(&inputs, traceparent)
+    }
+
     /// Health shared by every instance, for runtimes that can become
     /// unreachable (remote upstreams); `None` = always healthy once loaded.
     fn health(&self) -> Option<std::sync::Arc<dyn Health>> {

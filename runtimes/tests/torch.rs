@@ -257,3 +257,28 @@ fn the_process_uses_the_threads_it_was_given() {
     switchyard_runtimes::torch::init(1);
     assert_eq!(cuda_status().intra_op_threads, 1);
 }
+
+#[test]
+fn row_blocks_run_as_one_batch_without_joining_first() {
+    let signature = Signature {
+        inputs: vec![spec("input", DataType::Fp32, &[256])],
+        outputs: vec![
+            spec("output", DataType::Fp32, &[10]),
+            spec("probabilities", DataType::Fp32, &[10]),
+        ],
+    };
+    let mut rt =
+        TorchRuntime::load(&model("mlp_torch"), &signature, &TorchOptions::default()).unwrap();
+    let rows: Vec<f32> = (0..3 * 256)
+        .map(|i| ((i % 89) as f32 - 44.0) / 40.0)
+        .collect();
+    let joined = Tensor::from_slice("input", DataType::Fp32, vec![3, 256], &rows).unwrap();
+    let first = Tensor::from_slice("input", DataType::Fp32, vec![1, 256], &rows[..256]).unwrap();
+    let rest = Tensor::from_slice("input", DataType::Fp32, vec![2, 256], &rows[256..]).unwrap();
+    let whole = rt.run(&[joined]).unwrap();
+    let blocks = rt.run_blocks(&[vec![first, rest.clone()]], None).unwrap();
+    assert_eq!(whole, blocks);
+    let odd = Tensor::from_slice("input", DataType::Fp32, vec![2, 128], &rows[..256]).unwrap();
+    let err = rt.run_blocks(&[vec![rest, odd]], None).unwrap_err();
+    assert!(err.to_string().contains("cannot be joined"), "{err}");
+}

@@ -59,7 +59,9 @@ struct Pending {
 
 /// A formed batch, handed to a worker. Dropping it without `complete` fails its requests.
 pub struct Batch {
-    pub inputs: Vec<Tensor>,
+    /// Per signature input, the requests' row blocks in request order (padded
+    /// when padding applies); the runtime joins them (`Runtime::run_blocks`).
+    pub blocks: Vec<Vec<Tensor>>,
     requests: Vec<(usize, Vec<i64>, oneshot::Sender<Reply>)>,
     cut: Vec<(String, usize, usize)>,
     compute: ComputeTable,
@@ -72,6 +74,14 @@ pub struct Batch {
 pub type ComputeTable = Arc<std::sync::Mutex<Vec<(usize, f64)>>>;
 
 impl Batch {
+    /// The blocks joined along dimension 0, one tensor per input.
+    pub fn joined_inputs(&self) -> Result<Vec<Tensor>, switchyard_runtimes::TensorError> {
+        self.blocks
+            .iter()
+            .map(|parts| Tensor::concat_rows(&parts.iter().collect::<Vec<_>>()))
+            .collect()
+    }
+
     pub fn rows(&self) -> usize {
         self.requests.iter().map(|(rows, _, _)| rows).sum()
     }
@@ -617,14 +627,16 @@ impl Batcher {
             .unwrap_or(max)
     }
 
-    /// Concatenates (and pads) the requests' inputs into one set of tensors.
+    /// Gathers (and pads) the requests' inputs into per-input row blocks. The
+    /// copy that joins them happens on a worker thread, or not at all when the
+    /// runtime copies blocks straight to its device.
     #[allow(clippy::type_complexity)]
     fn assemble(
         &self,
         taken: Vec<Pending>,
     ) -> Result<Batch, (ApiError, Vec<oneshot::Sender<Reply>>)> {
         let padding = self.settings.batching.as_ref().map(|b| &b.padding);
-        let mut inputs = Vec::with_capacity(self.settings.input_names.len());
+        let mut blocks = Vec::with_capacity(self.settings.input_names.len());
         let mut lengths: Vec<Vec<i64>> = vec![Vec::new(); taken.len()];
         let result: Result<(), ApiError> = (|| {
             for name in &self.settings.input_names {
@@ -642,22 +654,22 @@ impl Batcher {
                         .unwrap_or(0);
                     lengths[i].push(length);
                 }
-                let joined = match pad {
+                let input_blocks: Vec<Tensor> = match pad {
                     Some(pad) if parts.len() > 1 => {
                         let target = parts
                             .iter()
                             .filter_map(|t| t.shape().get(pad.dim).copied())
                             .max()
                             .unwrap_or(0);
-                        let padded: Vec<Tensor> = parts
+                        parts
                             .iter()
                             .map(|t| resize_dim(t, pad.dim, target, pad.value))
-                            .collect::<Result<_, _>>()?;
-                        Tensor::concat_rows(&padded.iter().collect::<Vec<_>>())?
+                            .collect::<Result<_, _>>()?
                     }
-                    _ => Tensor::concat_rows(&parts)?,
+                    // Clones share the request buffers (`Bytes`): no copy here.
+                    _ => parts.into_iter().cloned().collect(),
                 };
-                inputs.push(joined);
+                blocks.push(input_blocks);
             }
             Ok(())
         })();
@@ -677,7 +689,7 @@ impl Batcher {
         }
         self.busy.fetch_add(1, Ordering::AcqRel);
         Ok(Batch {
-            inputs,
+            blocks,
             requests,
             cut,
             compute: self.adaptive.compute.clone(),
@@ -944,12 +956,12 @@ mod tests {
 
     /// Echoes the batch's input as its output: each request must get its own rows back.
     fn echo(batch: Batch) {
-        let output = batch.inputs[0].clone().with_name("y");
+        let output = batch.joined_inputs().unwrap()[0].clone().with_name("y");
         batch.complete(Ok(vec![output]));
     }
 
     fn tags(batch: &Batch) -> Vec<f32> {
-        let x = &batch.inputs[0];
+        let x = &batch.joined_inputs().unwrap()[0];
         let width = x.shape()[1] as usize;
         x.as_slice::<f32>().iter().step_by(width).copied().collect()
     }
@@ -1175,11 +1187,11 @@ mod tests {
         let b = submit(&handle, rows(2, 4, 2.0), None, None);
         let c = submit(&handle, rows(1, 3, 3.0), None, None);
         let first = batches.recv().await.unwrap();
-        assert_eq!(first.inputs[0].shape(), &[2, 3]);
+        assert_eq!(first.joined_inputs().unwrap()[0].shape(), &[2, 3]);
         assert_eq!(tags(&first), vec![1.0, 3.0]);
         echo(first);
         let second = batches.recv().await.unwrap();
-        assert_eq!(second.inputs[0].shape(), &[2, 4]);
+        assert_eq!(second.joined_inputs().unwrap()[0].shape(), &[2, 4]);
         echo(second);
         for reply in [a, b, c] {
             assert!(reply.await.unwrap().is_ok());
@@ -1205,9 +1217,10 @@ mod tests {
         let short = submit(&handle, rows(1, 2, 1.0), None, None);
         let long = submit(&handle, rows(1, 4, 2.0), None, None);
         let batch = batches.recv().await.unwrap();
-        assert_eq!(batch.inputs[0].shape(), &[2, 4]);
+        let joined = batch.joined_inputs().unwrap();
+        assert_eq!(joined[0].shape(), &[2, 4]);
         assert_eq!(
-            batch.inputs[0].as_slice::<f32>().as_ref(),
+            joined[0].as_slice::<f32>().as_ref(),
             &[1.0, 1.0, -1.0, -1.0, 2.0, 2.0, 2.0, 2.0]
         );
         echo(batch);

@@ -399,7 +399,7 @@ fn worker(
         let traceparent = crate::telemetry::traceparent(&span);
         let _entered = span.enter();
         let started = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.run_traced(&batch.inputs, traceparent.as_deref()))).unwrap_or_else(|panic| {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.run_blocks(&batch.blocks, traceparent.as_deref()))).unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())

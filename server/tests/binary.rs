@@ -98,9 +98,8 @@ fn missing_onnxruntime_library_is_reported() {
 fn without_onnxruntime_only_onnx_models_fail_and_say_why() {
     // No library named on the command line: start-up goes on, and each ONNX
     // model fails to load with the reason (here fatal: exit-on-error).
-    let (code, stderr) = run_to_exit(
-        command(&models_dir()).env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so"),
-    );
+    let (code, stderr) =
+        run_to_exit(command(&models_dir()).env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so"));
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("models failed to load"), "{stderr}");
     assert!(

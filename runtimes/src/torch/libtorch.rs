@@ -187,8 +187,9 @@ impl TorchRuntime {
         let arguments = argument_order(signature).map_err(fail)?;
         let mut module = CModule::load_on_device(path, device).map_err(|err| {
             fail(format!(
-                "not a loadable TorchScript module: {}",
-                libtorch_message(&err)
+                "not a loadable TorchScript module: {}{}",
+                libtorch_message(&err),
+                export_archive_hint(path)
             ))
         })?;
         module
@@ -204,59 +205,43 @@ impl TorchRuntime {
         })
     }
 
-    /// Moves the inputs to the device in `forward`'s order.
-    fn device_inputs(&mut self, inputs: &[Tensor]) -> Result<Vec<IValue>, RuntimeError> {
-        let ordered = self
+    /// Puts each input's row blocks (signature order) into one tensor on the
+    /// device, in `forward`'s order: one copy from the request buffers into a
+    /// host tensor (pinned and reused on CUDA), then a device copy when the
+    /// device is a GPU.
+    fn device_inputs(&mut self, blocks: &[Vec<Tensor>]) -> Result<Vec<IValue>, RuntimeError> {
+        let layouts = self
             .arguments
             .iter()
-            .map(|&index| {
-                let spec = &self.signature.inputs[index];
-                inputs
-                    .iter()
-                    .find(|tensor| tensor.name() == spec.name)
-                    .ok_or_else(|| {
-                        RuntimeError::InvalidInput(format!("input `{}` is missing", spec.name))
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let kinds = ordered
-            .iter()
-            .map(|tensor| {
-                kind_of(tensor.datatype()).ok_or_else(|| {
-                    RuntimeError::InvalidInput(format!(
-                        "input `{}`: {} cannot be passed to a TorchScript model",
-                        tensor.name(),
-                        tensor.datatype()
-                    ))
-                })
-            })
+            .map(|&index| InputLayout::of(&self.signature.inputs[index].name, &blocks[index]))
             .collect::<Result<Vec<_>, _>>()?;
         let staged = if self.device.is_cuda() && self.options.pinned_transfers {
-            self.stage(&ordered, &kinds)?
+            self.stage(&layouts)?
         } else {
             None
         };
         let tensors = match staged {
             Some(tensors) => tensors,
-            None => ordered
+            None => layouts
                 .iter()
-                .zip(&kinds)
-                .map(|(tensor, &kind)| {
-                    let host = TchTensor::f_from_data_size(tensor.data(), tensor.shape(), kind)
-                        .map_err(|err| input_error(tensor, &err))?;
+                .map(|layout| {
+                    let host =
+                        TchTensor::f_empty(layout.shape.as_slice(), (layout.kind, Device::Cpu))
+                            .map_err(|err| layout.error(&err))?;
+                    layout.copy_into(&host, 0);
                     host.f_to_device(self.device)
-                        .map_err(|err| input_error(tensor, &err))
+                        .map_err(|err| layout.error(&err))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
         tensors
             .into_iter()
-            .zip(&ordered)
-            .map(|(tensor, source)| {
+            .zip(&layouts)
+            .map(|(tensor, layout)| {
                 let tensor = match self.options.cast_inputs.and_then(kind_of) {
-                    Some(cast) if is_float(tensor.kind()) && tensor.kind() != cast => tensor
-                        .f_to_kind(cast)
-                        .map_err(|err| input_error(source, &err))?,
+                    Some(cast) if is_float(layout.kind) && layout.kind != cast => {
+                        tensor.f_to_kind(cast).map_err(|err| layout.error(&err))?
+                    }
                     _ => tensor,
                 };
                 Ok(IValue::Tensor(tensor))
@@ -270,21 +255,20 @@ impl TorchRuntime {
     /// this one has copied its outputs back, which waits for the device.
     fn stage(
         &mut self,
-        inputs: &[&Tensor],
-        kinds: &[Kind],
+        layouts: &[InputLayout<'_>],
     ) -> Result<Option<Vec<TchTensor>>, RuntimeError> {
-        let offsets: Vec<usize> = inputs
+        let offsets: Vec<usize> = layouts
             .iter()
-            .scan(0usize, |next, tensor| {
+            .scan(0usize, |next, layout| {
                 let offset = *next;
-                *next = (offset + tensor.data().len()).next_multiple_of(STAGING_ALIGN);
+                *next = (offset + layout.bytes).next_multiple_of(STAGING_ALIGN);
                 Some(offset)
             })
             .collect();
         let needed = offsets
             .last()
-            .zip(inputs.last())
-            .map_or(0, |(offset, tensor)| offset + tensor.data().len());
+            .zip(layouts.last())
+            .map_or(0, |(offset, layout)| offset + layout.bytes);
         let capacity = self.staging.as_ref().map_or(0, TchTensor::numel);
         if capacity < needed {
             // Grow by half again so slowly growing batches do not re-pin each time.
@@ -294,7 +278,7 @@ impl TorchRuntime {
             match pinned {
                 Ok(buffer) => self.staging = Some(buffer),
                 Err(err) => {
-                    tracing::warn!(error = %err, "Pinned host memory unavailable; copying inputs without it.");
+                    tracing::warn!(error = %libtorch_message(&err), "Pinned host memory unavailable; copying inputs without it.");
                     self.options.pinned_transfers = false;
                     self.staging = None;
                     return Ok(None);
@@ -304,22 +288,48 @@ impl TorchRuntime {
         let Some(staging) = &self.staging else {
             return Ok(None);
         };
-        inputs
+        layouts
             .iter()
-            .zip(kinds)
             .zip(&offsets)
-            .map(|((tensor, &kind), &offset)| {
-                let data = tensor.data();
-                copy_into(staging, offset, data);
+            .map(|(layout, &offset)| {
+                layout.copy_into(staging, offset);
                 staging
-                    .f_narrow(0, offset as i64, data.len() as i64)
-                    .and_then(|bytes| bytes.f_view_dtype(kind))
-                    .and_then(|typed| typed.f_view(tensor.shape()))
-                    .and_then(|host| host.f_to_device_(self.device, kind, true, false))
-                    .map_err(|err| input_error(tensor, &err))
+                    .f_narrow(0, offset as i64, layout.bytes as i64)
+                    .and_then(|bytes| bytes.f_view_dtype(layout.kind))
+                    .and_then(|typed| typed.f_view(layout.shape.as_slice()))
+                    .and_then(|host| host.f_to_device_(self.device, layout.kind, true, false))
+                    .map_err(|err| layout.error(&err))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
+    }
+
+    /// Runs `forward` on a batch given as row blocks per signature input.
+    fn forward_blocks(&mut self, blocks: &[Vec<Tensor>]) -> Result<Vec<Tensor>, RuntimeError> {
+        if blocks.len() != self.signature.inputs.len() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} inputs given, the model takes {}",
+                blocks.len(),
+                self.signature.inputs.len()
+            )));
+        }
+        // Grad mode is per thread; each call sets it, so no caller can forget.
+        let _no_grad = tch::no_grad_guard();
+        let arguments = self.device_inputs(blocks)?;
+        let module = &self.module;
+        let result = if self.options.autocast_fp16 {
+            tch::autocast(true, || module.forward_is(&arguments))
+        } else {
+            module.forward_is(&arguments)
+        }
+        .map_err(|err| {
+            RuntimeError::Execution(format!("forward failed: {}", libtorch_message(&err)))
+        })?;
+        self.named_outputs(result)?
+            .into_iter()
+            .zip(&self.signature.outputs)
+            .map(|(tensor, spec)| host_tensor(spec, tensor))
+            .collect()
     }
 
     /// Names what `forward` returned, in the signature's output order.
@@ -395,32 +405,101 @@ impl TorchRuntime {
     }
 }
 
-/// Copies `data` into the staging buffer at `offset`.
-#[allow(unsafe_code)]
-fn copy_into(staging: &TchTensor, offset: usize, data: &[u8]) {
-    let capacity = staging.numel();
-    assert!(
-        offset + data.len() <= capacity && staging.is_contiguous(),
-        "staging buffer too small"
-    );
-    if data.is_empty() {
-        return;
-    }
-    // SAFETY: `staging` is a contiguous CPU uint8 tensor of `capacity` bytes that
-    // this runtime alone owns and no device copy still reads (the previous call
-    // waited for its outputs); the range was checked above and cannot overlap `data`.
-    unsafe {
-        let base = staging.data_ptr().cast::<u8>();
-        std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset), data.len());
+/// `torch.export` archives (`.pt2`) are zip files too; say what they are
+/// rather than leave a reader error. Their entries include `<name>/archive_format`.
+fn export_archive_hint(path: &Path) -> &'static str {
+    let marker = b"/archive_format";
+    let is_export = std::fs::read(path)
+        .is_ok_and(|bytes| bytes.windows(marker.len()).any(|window| window == marker));
+    if is_export {
+        " (this is a torch.export .pt2 archive, which tch cannot run: save the model with torch.jit.script or torch.jit.trace and torch.jit.save)"
+    } else {
+        ""
     }
 }
 
-fn input_error(tensor: &Tensor, err: &tch::TchError) -> RuntimeError {
-    RuntimeError::InvalidInput(format!(
-        "input `{}`: {}",
-        tensor.name(),
-        libtorch_message(err)
-    ))
+/// One input of a batch: its row blocks and the tensor they make together.
+struct InputLayout<'a> {
+    name: String,
+    blocks: &'a [Tensor],
+    kind: Kind,
+    shape: Vec<i64>,
+    bytes: usize,
+}
+
+impl<'a> InputLayout<'a> {
+    fn of(name: &str, blocks: &'a [Tensor]) -> Result<Self, RuntimeError> {
+        let invalid = |what: String| RuntimeError::InvalidInput(format!("input `{name}`: {what}"));
+        let first = blocks
+            .first()
+            .ok_or_else(|| invalid("no data".to_owned()))?;
+        let kind = kind_of(first.datatype()).ok_or_else(|| {
+            invalid(format!(
+                "{} cannot be passed to a TorchScript model",
+                first.datatype()
+            ))
+        })?;
+        let mut shape = first.shape().to_vec();
+        if blocks.len() > 1 {
+            if shape.is_empty() {
+                return Err(invalid("scalars cannot be batched".to_owned()));
+            }
+            shape[0] = 0;
+            for block in blocks {
+                if block.datatype() != first.datatype()
+                    || block.shape().get(1..) != first.shape().get(1..)
+                {
+                    return Err(invalid(format!(
+                        "blocks of shape {:?} and {:?} cannot be joined",
+                        first.shape(),
+                        block.shape()
+                    )));
+                }
+                shape[0] += block.shape()[0];
+            }
+        }
+        Ok(InputLayout {
+            name: name.to_owned(),
+            blocks,
+            kind,
+            shape,
+            bytes: blocks.iter().map(|block| block.data().len()).sum(),
+        })
+    }
+
+    /// Copies the blocks, one after the other, into `host` from byte `offset` on.
+    fn copy_into(&self, host: &TchTensor, offset: usize) {
+        let mut at = offset;
+        for block in self.blocks {
+            copy_bytes(host, at, block.data());
+            at += block.data().len();
+        }
+    }
+
+    fn error(&self, err: &tch::TchError) -> RuntimeError {
+        RuntimeError::InvalidInput(format!("input `{}`: {}", self.name, libtorch_message(err)))
+    }
+}
+
+/// Copies `data` into the CPU tensor `host` at byte `offset`.
+#[allow(unsafe_code)]
+fn copy_bytes(host: &TchTensor, offset: usize, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let capacity = host.numel() * host.kind().elt_size_in_bytes();
+    assert!(
+        offset + data.len() <= capacity && host.is_contiguous() && host.device() == Device::Cpu,
+        "host tensor too small for its input"
+    );
+    // SAFETY: `host` is a contiguous CPU tensor of `capacity` bytes that this
+    // runtime alone holds, freshly allocated or (the pinned buffer) no longer
+    // read by a device copy (the previous call waited for its outputs); the
+    // range was checked above and cannot overlap `data`, a request buffer.
+    unsafe {
+        let base = host.data_ptr().cast::<u8>();
+        std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(offset), data.len());
+    }
 }
 
 fn ivalue_kind(value: &IValue) -> &'static str {
@@ -487,23 +566,31 @@ impl Runtime for TorchRuntime {
     }
 
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError> {
-        // Grad mode is per thread; each call sets it, so no caller can forget.
-        let _no_grad = tch::no_grad_guard();
-        let arguments = self.device_inputs(inputs)?;
-        let module = &self.module;
-        let result = if self.options.autocast_fp16 {
-            tch::autocast(true, || module.forward_is(&arguments))
-        } else {
-            module.forward_is(&arguments)
-        }
-        .map_err(|err| {
-            RuntimeError::Execution(format!("forward failed: {}", libtorch_message(&err)))
-        })?;
-        self.named_outputs(result)?
-            .into_iter()
-            .zip(&self.signature.outputs)
-            .map(|(tensor, spec)| host_tensor(spec, tensor))
-            .collect()
+        let blocks = self
+            .signature
+            .inputs
+            .iter()
+            .map(|spec| {
+                inputs
+                    .iter()
+                    .find(|tensor| tensor.name() == spec.name)
+                    .map(|tensor| vec![tensor.clone()])
+                    .ok_or_else(|| {
+                        RuntimeError::InvalidInput(format!("input `{}` is missing", spec.name))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.forward_blocks(&blocks)
+    }
+
+    /// Blocks go straight into the host tensor (the pinned buffer on CUDA):
+    /// the batch is never joined first.
+    fn run_blocks(
+        &mut self,
+        blocks: &[Vec<Tensor>],
+        _traceparent: Option<&str>,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        self.forward_blocks(blocks)
     }
 }
 

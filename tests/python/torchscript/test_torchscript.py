@@ -233,6 +233,10 @@ def test_unusable_models_show_why_and_the_rest_serve(tmp_path):
     (tmp_path / "corrupt" / "1").mkdir(parents=True)
     (tmp_path / "corrupt" / "1" / "model.pt").write_bytes(b"PK\x03\x04 not really a zip archive")
     (tmp_path / "corrupt" / "config.yaml").write_text(base)
+    (tmp_path / "exported" / "1").mkdir(parents=True)
+    exported = torch.export.export(torch.nn.Identity(), (torch.ones(2, 4),))
+    torch.export.save(exported, str(tmp_path / "exported" / "1" / "model.pt"))
+    (tmp_path / "exported" / "config.yaml").write_text(base)
     s = Server("--exit-on-error=false", repository=tmp_path)
     try:
         index = {m["name"]: m for m in requests.post(f"http://{s.http}/v2/repository/index", timeout=10).json()}
@@ -243,6 +247,8 @@ def test_unusable_models_show_why_and_the_rest_serve(tmp_path):
         reason = index["corrupt"]["reason"]
         assert "not a loadable TorchScript module" in reason and "failed finding central directory" in reason, reason
         assert "frame #" not in reason, "C++ backtraces stay out of the reason"
+        assert index["exported"]["state"] == "UNAVAILABLE"
+        assert "torch.export .pt2 archive" in index["exported"]["reason"], index["exported"]
         # One tensor back where two are declared: caught by the warm-up, not by a client.
         assert index["wrong_outputs"]["state"] == "UNAVAILABLE"
         assert "declares 2 output(s)" in index["wrong_outputs"]["reason"], index["wrong_outputs"]
