@@ -20,6 +20,79 @@ use crate::{DataType, Runtime, RuntimeError, Signature, Tensor, TensorSpec};
 /// can view its part.
 const STAGING_ALIGN: usize = 64;
 
+/// A CUDA stream of libtorch's per-device pool, one per instance, made current
+/// on the worker thread before each call, so instances on one GPU overlap
+/// their copies and kernels instead of queueing on the default stream. The
+/// C++ shim (`cuda_streams.cpp`) exists only when LIBTORCH has CUDA support.
+#[cfg(switchyard_cuda_streams)]
+#[allow(unsafe_code)]
+mod stream {
+    use std::ffi::c_void;
+
+    unsafe extern "C" {
+        fn switchyard_cuda_stream_from_pool(device: i32, stream: *mut *mut c_void) -> i32;
+        fn switchyard_cuda_stream_make_current(stream: *mut c_void) -> i32;
+        fn switchyard_cuda_stream_free(stream: *mut c_void);
+    }
+
+    pub struct CudaStream(*mut c_void);
+
+    // SAFETY: the handle is this instance's own heap copy of a c10 CUDAStream
+    // value (a device and a stream id); the instance moves between threads
+    // whole, and CUDA streams may be used from any thread.
+    unsafe impl Send for CudaStream {}
+
+    impl CudaStream {
+        pub const SUPPORTED: bool = true;
+
+        pub fn from_pool(device: usize) -> Result<Self, String> {
+            let device = i32::try_from(device).map_err(|_| format!("no device {device}"))?;
+            let mut handle = std::ptr::null_mut();
+            // SAFETY: `handle` is a valid out-pointer; the shim catches every C++ exception.
+            let status = unsafe { switchyard_cuda_stream_from_pool(device, &mut handle) };
+            if status != 0 || handle.is_null() {
+                return Err(format!("no stream from cuda:{device}'s pool"));
+            }
+            Ok(CudaStream(handle))
+        }
+
+        pub fn make_current(&self) -> Result<(), String> {
+            // SAFETY: the handle came from `from_pool` and is freed only on drop.
+            match unsafe { switchyard_cuda_stream_make_current(self.0) } {
+                0 => Ok(()),
+                _ => Err("could not make the instance's CUDA stream current".to_owned()),
+            }
+        }
+    }
+
+    impl Drop for CudaStream {
+        fn drop(&mut self) {
+            // SAFETY: allocated by `from_pool`, freed once.
+            unsafe { switchyard_cuda_stream_free(self.0) }
+        }
+    }
+}
+
+/// Without CUDA support in LIBTORCH at build time, instances use the default stream.
+#[cfg(not(switchyard_cuda_streams))]
+mod stream {
+    pub struct CudaStream;
+
+    impl CudaStream {
+        pub const SUPPORTED: bool = false;
+
+        pub fn from_pool(_device: usize) -> Result<Self, String> {
+            Err("this build has no CUDA stream support (LIBTORCH had no CUDA libraries)".to_owned())
+        }
+
+        pub fn make_current(&self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+}
+
+use stream::CudaStream;
+
 /// What loading libtorch's CUDA part found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CudaStatus {
@@ -31,6 +104,8 @@ pub struct CudaStatus {
     pub cuda_available: bool,
     pub device_count: i64,
     pub cudnn_available: bool,
+    /// Each CUDA instance runs on its own stream (else the default stream).
+    pub stream_per_instance: bool,
     pub intra_op_threads: i32,
 }
 
@@ -59,6 +134,7 @@ pub fn cuda_status() -> CudaStatus {
         cuda_available: tch::Cuda::is_available(),
         device_count: tch::Cuda::device_count(),
         cudnn_available: tch::Cuda::cudnn_is_available(),
+        stream_per_instance: CudaStream::SUPPORTED,
         intra_op_threads: tch::get_num_threads(),
     }
 }
@@ -122,6 +198,8 @@ pub struct TorchRuntime {
     options: TorchOptions,
     /// Page-locked host buffer inputs are copied through on CUDA (grown on demand).
     staging: Option<TchTensor>,
+    /// This instance's CUDA stream (`None` on the CPU, or without stream support).
+    stream: Option<CudaStream>,
 }
 
 impl TorchRuntime {
@@ -185,6 +263,20 @@ impl TorchRuntime {
             }
         };
         let arguments = argument_order(signature).map_err(fail)?;
+        let stream = match options.device {
+            TorchDevice::Cuda(index) => match CudaStream::from_pool(index) {
+                Ok(stream) => Some(stream),
+                Err(reason) => {
+                    tracing::warn!(%reason, "Using the default CUDA stream.");
+                    None
+                }
+            },
+            TorchDevice::Cpu => None,
+        };
+        if let Some(stream) = &stream {
+            // Loading copies the weights on the current stream: this one.
+            stream.make_current().map_err(fail)?;
+        }
         let mut module = CModule::load_on_device(path, device).map_err(|err| {
             fail(format!(
                 "not a loadable TorchScript module: {}{}",
@@ -202,6 +294,7 @@ impl TorchRuntime {
             arguments,
             options: options.clone(),
             staging: None,
+            stream,
         })
     }
 
@@ -313,8 +406,12 @@ impl TorchRuntime {
                 self.signature.inputs.len()
             )));
         }
-        // Grad mode is per thread; each call sets it, so no caller can forget.
+        // Grad mode and the current stream are per thread; each call sets both,
+        // so it does not matter which thread runs the instance.
         let _no_grad = tch::no_grad_guard();
+        if let Some(stream) = &self.stream {
+            stream.make_current().map_err(RuntimeError::Execution)?;
+        }
         let arguments = self.device_inputs(blocks)?;
         let module = &self.module;
         let result = if self.options.autocast_fp16 {

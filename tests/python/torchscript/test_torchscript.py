@@ -273,6 +273,8 @@ def test_binary_loads_libtorch_cuda_part_when_present():
     assert info["cuda_part_loaded"] is True, info
     assert info["cuda_part_error"] is None
     assert info["cuda_available"] is (torch.cuda.is_available())
+    # Built against a libtorch with CUDA support: each CUDA instance gets its own stream.
+    assert info["stream_per_instance"] is True
     # With the lean CPU set the CUDA part cannot load (no cuDNN etc.): CPU only, with the reason.
     lean = torch_info({"LD_LIBRARY_PATH": ""})
     assert lean["cuda_part_loaded"] is False
