@@ -105,8 +105,8 @@ fn every_datatype_goes_in_and_a_dict_comes_out_by_name() {
     assert!(outputs.iter().all(|t| t.shape() == [1, 4]));
 }
 
-#[test]
-fn tuple_outputs_are_named_by_position_and_rows_are_independent() {
+/// The `mlp` weights as TorchScript; forward returns (logits, probabilities).
+fn mlp_torch() -> TorchRuntime {
     let signature = Signature {
         inputs: vec![spec("input", DataType::Fp32, &[256])],
         outputs: vec![
@@ -114,8 +114,12 @@ fn tuple_outputs_are_named_by_position_and_rows_are_independent() {
             spec("probabilities", DataType::Fp32, &[10]),
         ],
     };
-    let mut rt =
-        TorchRuntime::load(&model("mlp_torch"), &signature, &TorchOptions::default()).unwrap();
+    TorchRuntime::load(&model("mlp_torch"), &signature, &TorchOptions::default()).unwrap()
+}
+
+#[test]
+fn tuple_outputs_are_named_by_position_and_rows_are_independent() {
+    let mut rt = mlp_torch();
     let rows: Vec<f32> = (0..3 * 256)
         .map(|i| ((i % 97) as f32 - 48.0) / 50.0)
         .collect();
@@ -260,15 +264,7 @@ fn the_process_uses_the_threads_it_was_given() {
 
 #[test]
 fn row_blocks_run_as_one_batch_without_joining_first() {
-    let signature = Signature {
-        inputs: vec![spec("input", DataType::Fp32, &[256])],
-        outputs: vec![
-            spec("output", DataType::Fp32, &[10]),
-            spec("probabilities", DataType::Fp32, &[10]),
-        ],
-    };
-    let mut rt =
-        TorchRuntime::load(&model("mlp_torch"), &signature, &TorchOptions::default()).unwrap();
+    let mut rt = mlp_torch();
     let rows: Vec<f32> = (0..3 * 256)
         .map(|i| ((i % 89) as f32 - 44.0) / 40.0)
         .collect();
