@@ -90,7 +90,7 @@ python-test:
 ## The TorchScript pass (part of `make test`): build with `--features torch`
 ## against the lean libtorch, then its Rust tests and the Python tests that
 ## compare values with PyTorch. The default build above never needs libtorch.
-torch-test: libtorch torch-models
+torch-test: libtorch torch-models $(SERVICES_VENV)/.installed
 	$(CARGO) build --locked $(TORCH_CRATES) --all-targets --features torch
 	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \

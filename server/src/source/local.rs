@@ -10,11 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use super::{Listing, ModelListing, Source, SourceError, VersionListing};
+use super::{Listing, MODEL_FILES, ModelListing, Source, SourceError, VersionListing};
 use crate::repository::valid_model_name;
-
-/// Model files a version folder may hold, in order of preference.
-const MODEL_FILES: &[&str] = &["model.onnx", "model.pt"];
 
 #[derive(Debug, Clone)]
 pub struct LocalSource {

@@ -11,6 +11,9 @@ pub mod s3;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Model files a version folder may hold (ONNX, TorchScript), in order of preference.
+pub const MODEL_FILES: &[&str] = &["model.onnx", "model.pt"];
+
 /// One version as the source lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionListing {

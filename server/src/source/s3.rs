@@ -13,7 +13,9 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use super::{Listing, Source, SourceError, VersionListing, content_key, write_atomically};
+use super::{
+    Listing, MODEL_FILES, Source, SourceError, VersionListing, content_key, write_atomically,
+};
 use crate::repository::valid_model_name;
 
 pub struct S3Source {
@@ -130,7 +132,7 @@ impl Source for S3Source {
                 [model, file @ ("config.yaml" | "config.pbtxt")] if valid_model_name(model) => {
                     configs.push(((*model).to_owned(), (*file).to_owned(), full.clone(), etag));
                 }
-                [model, version, "model.onnx"] if valid_model_name(model) => {
+                [model, version, file] if valid_model_name(model) && MODEL_FILES.contains(file) => {
                     let Some(version) = version
                         .parse::<u64>()
                         .ok()
@@ -138,11 +140,18 @@ impl Source for S3Source {
                     else {
                         continue;
                     };
-                    listing
-                        .entry((*model).to_owned())
-                        .or_default()
-                        .versions
-                        .insert(version, VersionListing { fingerprint: etag });
+                    let versions = &mut listing.entry((*model).to_owned()).or_default().versions;
+                    // The preferred file wins when a version has several.
+                    let preferred = versions.get(&version).is_none_or(|listed| {
+                        let (listed_file, _) = split_fingerprint(&listed.fingerprint);
+                        rank(file) < rank(listed_file)
+                    });
+                    if preferred {
+                        // The file name is part of the fingerprint, so `fetch` knows
+                        // which object to get and a change of format is a change.
+                        let fingerprint = format!("{file}:{etag}");
+                        versions.insert(version, VersionListing { fingerprint });
+                    }
                 }
                 _ => {}
             }
@@ -164,11 +173,12 @@ impl Source for S3Source {
         version: u64,
         listing: &VersionListing,
     ) -> Result<PathBuf, SourceError> {
-        let key = self.key(&format!("{model}/{version}/model.onnx"));
+        let (file_name, _) = split_fingerprint(&listing.fingerprint);
+        let key = self.key(&format!("{model}/{version}/{file_name}"));
         let dir = self
             .cache_dir
             .join(content_key(&[&self.bucket, &key, &listing.fingerprint]));
-        let file = dir.join("model.onnx");
+        let file = dir.join(file_name);
         if file.is_file() {
             return Ok(dir);
         }
@@ -187,5 +197,41 @@ impl Source for S3Source {
             .map_err(|e| fail(e.to_string()))?;
         write_atomically(&file, &bytes).map_err(|e| fail(e.to_string()))?;
         Ok(dir)
+    }
+}
+/// `model.pt:<etag>` → (`model.pt`, `<etag>`).
+fn split_fingerprint(fingerprint: &str) -> (&str, &str) {
+    fingerprint
+        .split_once(':')
+        .filter(|(file, _)| MODEL_FILES.contains(file))
+        .unwrap_or(("model.onnx", fingerprint))
+}
+
+/// Position in `MODEL_FILES`: lower is preferred.
+fn rank(file: &str) -> usize {
+    MODEL_FILES
+        .iter()
+        .position(|f| *f == file)
+        .unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_carry_the_model_file() {
+        assert_eq!(
+            split_fingerprint("model.pt:\"abc\""),
+            ("model.pt", "\"abc\"")
+        );
+        assert_eq!(split_fingerprint("model.onnx:e"), ("model.onnx", "e"));
+        // ETags may hold colons; only a known file name is split off.
+        assert_eq!(
+            split_fingerprint("12-2026:01"),
+            ("model.onnx", "12-2026:01")
+        );
+        assert!(rank("model.onnx") < rank("model.pt"));
+        assert_eq!(rank("other.bin"), usize::MAX);
     }
 }
