@@ -63,6 +63,20 @@ def start_moto() -> tuple[Service, str]:
     return service, f"http://127.0.0.1:{port}"
 
 
+# What the moto server accepts, for boto3 here and for the switchyard process.
+AWS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def s3_bucket(endpoint: str, bucket: str):
+    """A boto3 client for the moto server at `endpoint`, with `bucket` created."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=AWS["AWS_DEFAULT_REGION"],
+                      aws_access_key_id=AWS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=AWS["AWS_SECRET_ACCESS_KEY"])
+    s3.create_bucket(Bucket=bucket)
+    return s3
+
+
 def start_mlflow(workdir: Path) -> tuple[Service, str]:
     port = free_port()
     args = [

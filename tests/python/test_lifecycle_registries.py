@@ -5,23 +5,19 @@ from __future__ import annotations
 
 import time
 
-import boto3
 import requests
 
 from conftest import Server
 from lifecycle_helpers import SteadyLoad, index, infer_version, versioned_bytes, wait_for
-from services import start_mlflow, start_moto
+from services import AWS, s3_bucket, start_mlflow, start_moto
 
 POLL = ["--repository-poll-interval", "300ms"]
-AWS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def test_s3_lists_loads_and_swaps_on_a_new_object(tmp_path):
     moto, endpoint = start_moto()
     try:
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-        s3.create_bucket(Bucket="models")
+        s3 = s3_bucket(endpoint, "models")
         s3.put_object(Bucket="models", Key="prod/versioned/1/model.onnx", Body=versioned_bytes(1))
         s3.put_object(Bucket="models", Key="prod/versioned/config.yaml", Body=b"max_batch_size: 8\ndynamic_batching: {}\n")
         s3.put_object(Bucket="models", Key="other/ignored/1/model.onnx", Body=b"x")

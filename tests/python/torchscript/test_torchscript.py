@@ -284,20 +284,15 @@ def test_binary_loads_libtorch_cuda_part_when_present():
 
 def test_torchscript_models_come_from_s3_too(tmp_path):
     """model.pt objects are listed and fetched like model.onnx (a real moto server)."""
-    import boto3
-
-    from services import start_moto
+    from services import AWS, s3_bucket, start_moto
 
     moto, endpoint = start_moto()
     try:
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-        s3.create_bucket(Bucket="models")
+        s3 = s3_bucket(endpoint, "models")
         for name in ["config.yaml", "1/model.pt"]:
             s3.put_object(Bucket="models", Key=f"prod/mlp_torch/{name}",
                           Body=(TORCH_MODELS / "mlp_torch" / name).read_bytes())
-        env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-               "AWS_ENDPOINT_URL": endpoint}
+        env = {**AWS, "AWS_ENDPOINT_URL": endpoint}
         s = Server("--model-cache-dir", str(tmp_path / "cache"), repository="s3://models/prod", env=env)
         try:
             x = np.random.default_rng(9).standard_normal((2, 256)).astype(np.float32)
