@@ -35,7 +35,7 @@ pub trait Runtime: Send {
     ) -> Result<Vec<Tensor>, RuntimeError> {
         let inputs = blocks
             .iter()
-            .map(|parts| Tensor::concat_rows(&parts.iter().collect::<Vec<_>>()))
+            .map(|parts| Tensor::concat_rows(parts))
             .collect::<Result<Vec<_>, _>>()?;
         self.run_traced(&inputs, traceparent)
     }

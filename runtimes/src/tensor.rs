@@ -217,13 +217,13 @@ impl Tensor {
 
     /// Joins tensors along dimension 0. All parts must share name, datatype and
     /// the dimensions after the first.
-    pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor, TensorError> {
+    pub fn concat_rows(parts: &[Tensor]) -> Result<Tensor, TensorError> {
         let first = parts.first().ok_or_else(|| TensorError::TooLarge {
             name: String::new(),
             shape: Vec::new(),
         })?;
         if parts.len() == 1 {
-            return Ok((*first).clone());
+            return Ok(first.clone());
         }
         let mut shape = first.shape.clone();
         if shape.is_empty() {
@@ -427,13 +427,13 @@ mod tests {
     fn concat_then_split_restores_the_parts() {
         let a = Tensor::from_slice("x", DataType::Int32, vec![1, 2], &[1i32, 2]).unwrap();
         let b = Tensor::from_slice("x", DataType::Int32, vec![2, 2], &[3i32, 4, 5, 6]).unwrap();
-        let joined = Tensor::concat_rows(&[&a, &b]).unwrap();
+        let joined = Tensor::concat_rows(&[a.clone(), b.clone()]).unwrap();
         assert_eq!(joined.shape(), &[3, 2]);
         assert_eq!(joined.as_slice::<i32>().as_ref(), &[1, 2, 3, 4, 5, 6]);
         assert_eq!(joined.split_rows(&[1, 2]).unwrap(), vec![a.clone(), b]);
         assert!(joined.split_rows(&[1, 1]).is_err());
         let c = Tensor::from_slice("x", DataType::Int32, vec![1, 3], &[1i32, 2, 3]).unwrap();
-        assert!(Tensor::concat_rows(&[&a, &c]).is_err(), "inner dims differ");
+        assert!(Tensor::concat_rows(&[a, c]).is_err(), "inner dims differ");
     }
 
     #[test]
@@ -441,7 +441,7 @@ mod tests {
         let a = Tensor::from_byte_strings("s", vec![1, 2], [&b"a"[..], b"bb"]).unwrap();
         let b =
             Tensor::from_byte_strings("s", vec![2, 2], [&b""[..], b"ccc", b"d", b"ee"]).unwrap();
-        let joined = Tensor::concat_rows(&[&a, &b]).unwrap();
+        let joined = Tensor::concat_rows(&[a.clone(), b.clone()]).unwrap();
         assert_eq!(joined.split_rows(&[1, 2]).unwrap(), vec![a, b]);
     }
 

@@ -78,7 +78,7 @@ impl Batch {
     pub fn joined_inputs(&self) -> Result<Vec<Tensor>, switchyard_runtimes::TensorError> {
         self.blocks
             .iter()
-            .map(|parts| Tensor::concat_rows(&parts.iter().collect::<Vec<_>>()))
+            .map(|parts| Tensor::concat_rows(parts))
             .collect()
     }
 
