@@ -691,18 +691,7 @@ impl RawModelConfig {
             }
         }
         if platform == Platform::Torch {
-            if config.inputs.is_empty() || config.outputs.is_empty() {
-                return Err("TorchScript models carry no tensor names, types or shapes; declare `inputs` and `outputs`".to_owned());
-            }
-            for spec in config.inputs.iter().chain(&config.outputs) {
-                if !switchyard_runtimes::torch::supports(spec.datatype) {
-                    return Err(format!(
-                        "`{}` is {}, which TorchScript tensors cannot carry here",
-                        spec.name, spec.datatype
-                    ));
-                }
-            }
-            switchyard_runtimes::torch::argument_order(&config.signature_declared())?;
+            switchyard_runtimes::torch::check_signature(&config.signature_declared())?;
         }
         Ok(config)
     }

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use tch::{CModule, Device, IValue, Kind, Tensor as TchTensor};
 
-use super::{TorchDevice, TorchOptions, argument_order, positional_index, supports};
+use super::{TorchDevice, TorchOptions, check_signature, positional_index};
 use crate::{DataType, Runtime, RuntimeError, Signature, Tensor, TensorSpec};
 
 /// Inputs start at this alignment in the staging buffer, so any element type
@@ -212,19 +212,7 @@ impl TorchRuntime {
     ) -> Result<Self, RuntimeError> {
         init(1);
         let fail = |message: String| RuntimeError::Load(format!("{}: {message}", path.display()));
-        if signature.inputs.is_empty() || signature.outputs.is_empty() {
-            return Err(fail(
-                "TorchScript models carry no tensor names, types or shapes; declare `inputs` and `outputs` in the model's config".to_owned(),
-            ));
-        }
-        for spec in signature.inputs.iter().chain(&signature.outputs) {
-            if !supports(spec.datatype) {
-                return Err(fail(format!(
-                    "`{}` is {}, which TorchScript tensors cannot carry here",
-                    spec.name, spec.datatype
-                )));
-            }
-        }
+        let arguments = check_signature(signature).map_err(fail)?;
         if let Some(cast) = options.cast_inputs
             && !kind_of(cast).is_some_and(is_float)
         {
@@ -262,7 +250,6 @@ impl TorchRuntime {
                 Device::Cuda(index)
             }
         };
-        let arguments = argument_order(signature).map_err(fail)?;
         let stream = match options.device {
             TorchDevice::Cuda(index) => match CudaStream::from_pool(index) {
                 Ok(stream) => Some(stream),

@@ -84,6 +84,27 @@ pub fn supports(datatype: DataType) -> bool {
     )
 }
 
+/// Checks a declared signature for a TorchScript model (which carries none of
+/// its own) and returns the order its inputs are passed to `forward` in.
+/// Configs are checked with it when read, instances again when loaded.
+pub fn check_signature(signature: &Signature) -> Result<Vec<usize>, String> {
+    if signature.inputs.is_empty() || signature.outputs.is_empty() {
+        return Err("TorchScript models carry no tensor names, types or shapes; declare `inputs` and `outputs` in the model's config".to_owned());
+    }
+    if let Some(spec) = signature
+        .inputs
+        .iter()
+        .chain(&signature.outputs)
+        .find(|spec| !supports(spec.datatype))
+    {
+        return Err(format!(
+            "`{}` is {}, which TorchScript tensors cannot carry here",
+            spec.name, spec.datatype
+        ));
+    }
+    argument_order(signature)
+}
+
 /// The order in which declared inputs are passed to `forward`: Triton's
 /// `name__N` convention when every input follows it, else the declared order.
 pub fn argument_order(signature: &Signature) -> Result<Vec<usize>, String> {
