@@ -14,13 +14,17 @@ SERVICES_VENV := .venv-services
 MLSERVER_VENV := .cache/bench/mlserver
 export ORT_DYLIB_PATH ?= $(CURDIR)/.cache/onnxruntime/lib/libonnxruntime.so
 # The `torch` feature: lean libtorch 2.11.0 (scripts/fetch-libtorch.sh) to build
-# and run on CPU; PyTorch 2.11.0 in its own venv to make the TorchScript samples
-# and to check values against.
+# and run on CPU; a venv that imports PyTorch 2.11.0 from that same unpack (plus
+# the CUDA libraries `import torch` needs) to make the TorchScript samples and to
+# check values against.
 export LIBTORCH ?= $(CURDIR)/.cache/libtorch/torch
 export LIBTORCH_CXX11_ABI ?= 1
 TORCH_VENV := .venv-torch
 TORCH_PY := $(TORCH_VENV)/bin/python
 TORCH_CRATES := -p switchyard -p switchyard-runtimes
+# Only the targets holding torch tests (and the binary): the other integration
+# test binaries would be rebuilt with the feature just to be filtered out.
+TORCH_TARGETS := --lib --bins --test torch
 ARGS ?=
 
 BENCH_ARGS ?=
@@ -91,21 +95,23 @@ python-test:
 ## against the lean libtorch, then its Rust tests and the Python tests that
 ## compare values with PyTorch. The default build above never needs libtorch.
 torch-test: libtorch torch-models $(SERVICES_VENV)/.installed
-	$(CARGO) build --locked $(TORCH_CRATES) --all-targets --features torch
+	$(CARGO) build --locked $(TORCH_CRATES) $(TORCH_TARGETS) --features torch
 	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --locked $(TORCH_CRATES) --features torch --no-fail-fast -E 'binary(torch) | test(torch)'; \
+		$(CARGO) nextest run --locked $(TORCH_CRATES) $(TORCH_TARGETS) --features torch --no-fail-fast -E 'binary(torch) | test(torch)'; \
 	else \
-		$(CARGO) test --locked $(TORCH_CRATES) --features torch torch; \
+		$(CARGO) test --locked $(TORCH_CRATES) $(TORCH_TARGETS) --features torch torch; \
 	fi
 	cd tests/python && SWITCHYARD_BIN=$(CURDIR)/target/debug/switchyard ../../$(TORCH_PY) -m pytest -q -p no:cacheprovider torchscript
 
 libtorch:
 	scripts/fetch-libtorch.sh >/dev/null
 
-$(TORCH_VENV)/.installed: tests/python/torch-requirements.txt tests/python/requirements.txt models/requirements.txt
+$(TORCH_VENV)/.installed: tests/python/torch-requirements.txt scripts/stack-torch-venv.py $(VENV)/.installed | libtorch
+	rm -rf $(TORCH_VENV)
 	$(PYTHON) -m venv $(TORCH_VENV)
-	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/torch-requirements.txt
+	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir --no-deps -r tests/python/torch-requirements.txt
+	$(TORCH_PY) scripts/stack-torch-venv.py .cache/libtorch $(VENV)
 	touch $@
 
 torch-models: $(TORCH_VENV)/.installed

@@ -5,12 +5,13 @@
 # builds the `torch` feature and runs it on CPU (the CUDA runtime headers and
 # their crt/ part let the CUDA stream shim compile); CUDA machines use their own
 # torch 2.11 install at run time (see README). Idempotent; verifies sha256.
+# The wheels (~540 MiB) are deleted once unpacked: CI machines have little disk.
 # Prints the LIBTORCH folder on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEST=.cache/libtorch
-WHEELS=.cache/wheels
+WHEELS=.cache/libtorch-wheels
 # name==version sha256 (manylinux x86_64, CPython 3.11)
 PINS=(
   "torch==2.11.0 7aa2f9bbc6d4595ba72138026b2074be1233186150e9292865e04b7a63b8c67a"
@@ -35,7 +36,7 @@ for pin in "${PINS[@]}"; do
   pattern="$WHEELS/${name//-/_}-${version}-*.whl"
   if ! compgen -G "$pattern" >/dev/null; then
     # pip matches only the platform tags it is given: list every one these wheels use.
-    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    python3 -m pip download --quiet --disable-pip-version-check --no-cache-dir --no-deps --only-binary=:all: \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_25_x86_64 \
       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       --python-version 3.11 --implementation cp -d "$WHEELS" "$spec"
@@ -70,5 +71,6 @@ printf '%s' "$version" >"$DEST.tmp/torch/build-version"
 rm -rf "$DEST"
 mv "$DEST.tmp" "$DEST"
 touch "$MARKER"
+rm -rf "$WHEELS"
 echo "libtorch ${version} ready in ${DEST}/torch" >&2
 echo "$(pwd)/$DEST/torch"

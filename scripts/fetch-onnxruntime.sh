@@ -15,7 +15,7 @@ fi
 
 mkdir -p .cache/wheels "$DEST"
 if ! ls .cache/wheels/onnxruntime-${VERSION}-*.whl >/dev/null 2>&1; then
-  python3 -m pip download --quiet --no-deps --only-binary=:all: \
+  python3 -m pip download --quiet --no-cache-dir --no-deps --only-binary=:all: \
     --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp \
     -d .cache/wheels "onnxruntime==${VERSION}"
 fi

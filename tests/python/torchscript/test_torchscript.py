@@ -1,8 +1,8 @@
 """The libtorch runtime (`--features torch` build) against PyTorch in Python.
 
-Run by `make test` in its TorchScript pass, with .venv-torch (PyTorch 2.11.0,
-the libtorch the binary was built against) and a binary built with the
-feature. Every value is compared with what `torch.jit.load` of the same file
+Run by `make test` in its TorchScript pass, with .venv-torch (PyTorch 2.11.0
+imported from the very libtorch unpack the binary was built against) and a
+binary built with the feature. Every value is compared with what `torch.jit.load` of the same file
 computes here on the same inputs.
 """
 
@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -264,12 +265,20 @@ def torch_info(env_extra: dict) -> dict:
     return json.loads(out.stdout)
 
 
+def full_install_library_path() -> str:
+    """torch/lib and the nvidia-* wheels' lib folders this Python imports
+    torch with: the libraries of a full PyTorch 2.11 install."""
+    folders = [Path(torch.__file__).parent / "lib"]
+    for entry in dict.fromkeys(map(Path, sys.path)):
+        folders += sorted(entry.glob("nvidia/*/lib"))
+    return ":".join(map(str, folders))
+
+
 def test_binary_loads_libtorch_cuda_part_when_present():
     """The regression that silently loses CUDA (libtorch_cuda.so dropped at
     link time) shows on a CPU-only machine too: with a full PyTorch install on
     the library path the CUDA part must load (no driver here, so no devices)."""
-    full = Path(torch.__file__).parent / "lib"
-    info = torch_info({"LD_LIBRARY_PATH": str(full)})
+    info = torch_info({"LD_LIBRARY_PATH": full_install_library_path()})
     assert info["cuda_part_loaded"] is True, info
     assert info["cuda_part_error"] is None
     assert info["cuda_available"] is (torch.cuda.is_available())
