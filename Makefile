@@ -107,11 +107,11 @@ torch-test: libtorch torch-models $(SERVICES_VENV)/.installed
 libtorch:
 	scripts/fetch-libtorch.sh >/dev/null
 
+# One package per pip run: pip keeps every downloaded wheel until all are
+# installed, ~1 GiB more disk at CI's peak.
 $(TORCH_VENV)/.installed: tests/python/torch-requirements.txt scripts/stack-torch-venv.py $(VENV)/.installed | libtorch
 	rm -rf $(TORCH_VENV)
 	$(PYTHON) -m venv $(TORCH_VENV)
-	# One package per pip run: pip keeps every downloaded wheel until all are
-	# installed, ~1 GiB more disk at CI's peak.
 	sed -e '/^#/d' -e '/^$$/d' tests/python/torch-requirements.txt | \
 		xargs -n1 $(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir --no-deps
 	$(TORCH_PY) scripts/stack-torch-venv.py .cache/libtorch $(VENV)
