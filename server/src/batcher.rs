@@ -50,7 +50,10 @@ struct Pending {
     key: Vec<Vec<i64>>,
     level: usize,
     enqueued: Instant,
-    deadline: Option<Instant>,
+    /// The request's timeout or the server's bound (`max_request_time`), whichever is sooner.
+    deadline: Instant,
+    /// The deadline is the server's bound, not a timeout the request or model set.
+    bounded_by_server: bool,
     reply: oneshot::Sender<Reply>,
     /// The request's span, and the span of its wait in the queue (closed when its batch forms).
     span: tracing::Span,
@@ -84,6 +87,15 @@ impl Batch {
 
     pub fn rows(&self) -> usize {
         self.requests.iter().map(|(rows, _, _)| rows).sum()
+    }
+
+    /// Whether some input of the whole batch has no elements (zero rows, or a
+    /// zero non-batch dimension): a runtime that refuses it refuses the input,
+    /// not a fault of the model.
+    pub fn has_empty_input(&self) -> bool {
+        self.blocks
+            .iter()
+            .any(|parts| parts.iter().all(|t| t.element_count() == 0))
     }
 
     pub fn len(&self) -> usize {
@@ -238,7 +250,11 @@ impl BatcherHandle {
             (asked, default) => asked.or(default),
         };
         let now = Instant::now();
-        let deadline = timeout.map(|t| now + t);
+        let bound = now + queue.max_request_time;
+        let (deadline, bounded_by_server) = match timeout.map(|t| now + t) {
+            Some(deadline) if deadline <= bound => (deadline, false),
+            _ => (bound, true),
+        };
         let rows = submission.inputs.first().map_or(1, Tensor::rows);
         let key = merge_key(&submission.inputs, settings);
 
@@ -268,6 +284,7 @@ impl BatcherHandle {
             level,
             enqueued: now,
             deadline,
+            bounded_by_server,
             reply,
             span: tracing::Span::current(),
             _queued: tracing::info_span!("queue", priority),
@@ -288,17 +305,17 @@ impl BatcherHandle {
                 )))
             })
         };
-        match deadline {
-            None => answer.await,
-            // Also bounds a request already running in a long batch.
-            Some(deadline) => match tokio::time::timeout_at(deadline, answer).await {
-                Ok(reply) => reply,
-                Err(_) => {
-                    self.metrics.rejected("timeout");
-                    Err(timeout_error(settings))
-                }
-            },
+        // Also bounds a request already running in a long batch.
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(reply) => reply,
+            Err(_) => Err(self.expired(bounded_by_server)),
         }
+    }
+
+    /// Counts a request whose deadline passed and says why.
+    fn expired(&self, bounded_by_server: bool) -> ApiError {
+        self.metrics.rejected(expiry_reason(bounded_by_server));
+        expiry_error(&self.settings, bounded_by_server)
     }
 
     /// Requests waiting in the queue (all levels).
@@ -307,7 +324,24 @@ impl BatcherHandle {
     }
 }
 
-fn timeout_error(settings: &BatcherSettings) -> ApiError {
+fn expiry_reason(bounded_by_server: bool) -> &'static str {
+    if bounded_by_server {
+        "max_request_time"
+    } else {
+        "timeout"
+    }
+}
+
+fn expiry_error(settings: &BatcherSettings, bounded_by_server: bool) -> ApiError {
+    if bounded_by_server {
+        return ApiError::new(
+            ErrorKind::DeadlineExceeded,
+            format!(
+                "model `{}` version {}: the request was not answered within {:?}, the server's bound on any request (--max-request-time, or the model's queue.max_request_time_us)",
+                settings.model, settings.version, settings.queue.max_request_time
+            ),
+        );
+    }
     let kind = match settings.queue.timeout_action {
         TimeoutAction::Reject => ErrorKind::DeadlineExceeded,
         TimeoutAction::Overloaded => ErrorKind::Overloaded,
@@ -353,6 +387,7 @@ pub fn spawn(
         settings: settings.clone(),
         levels: (0..levels).map(|_| VecDeque::new()).collect(),
         rows_waiting: 0,
+        requests_waiting: 0,
         queued: queued.clone(),
         busy: Arc::new(AtomicUsize::new(0)),
         freed: Arc::new(Notify::new()),
@@ -376,7 +411,10 @@ pub fn spawn(
 struct Batcher {
     settings: Arc<BatcherSettings>,
     levels: Vec<VecDeque<Pending>>,
+    /// Rows decide batch sizes; requests decide whether there is work (a
+    /// request may have zero rows and still needs its answer).
     rows_waiting: usize,
+    requests_waiting: usize,
     queued: Arc<Vec<AtomicUsize>>,
     busy: Arc<AtomicUsize>,
     freed: Arc<Notify>,
@@ -398,14 +436,14 @@ impl Batcher {
                 self.sweep();
                 next_sweep = now + SWEEP_INTERVAL;
             }
-            if closing && self.rows_waiting == 0 {
+            if closing && self.requests_waiting == 0 {
                 break;
             }
             let (ready, wake_for_delay) = self.readiness(now, closing);
             let wake = [
                 wake_for_delay,
                 self.next_deadline,
-                (self.rows_waiting > 0).then_some(next_sweep),
+                (self.requests_waiting > 0).then_some(next_sweep),
             ]
             .into_iter()
             .flatten()
@@ -437,14 +475,15 @@ impl Batcher {
 
     fn push(&mut self, pending: Pending) {
         self.rows_waiting += pending.rows;
-        if let Some(deadline) = pending.deadline {
-            self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
-        }
+        self.requests_waiting += 1;
+        let deadline = pending.deadline;
+        self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
         self.levels[pending.level].push_back(pending);
     }
 
     fn release(&mut self, pending: &Pending) {
         self.rows_waiting -= pending.rows;
+        self.requests_waiting -= 1;
         self.queued[pending.level].fetch_sub(1, Ordering::AcqRel);
         self.metrics.queue_depth_add(-1);
     }
@@ -456,22 +495,25 @@ impl Batcher {
         for level in 0..self.levels.len() {
             let queue = std::mem::take(&mut self.levels[level]);
             for pending in queue {
-                match pending.deadline {
-                    Some(deadline) if deadline <= now => expired.push(pending),
-                    deadline => {
-                        if let Some(d) = deadline {
-                            next = Some(next.map_or(d, |n: Instant| n.min(d)));
-                        }
-                        self.levels[level].push_back(pending);
-                    }
+                if pending.deadline <= now {
+                    expired.push(pending);
+                } else {
+                    let d = pending.deadline;
+                    next = Some(next.map_or(d, |n: Instant| n.min(d)));
+                    self.levels[level].push_back(pending);
                 }
             }
         }
         self.next_deadline = next;
         for pending in expired {
             self.release(&pending);
-            self.metrics.rejected("timeout");
-            let _ = pending.reply.send(Err(timeout_error(&self.settings)));
+            // A caller that already gave up (its own timer fired first) counted itself.
+            if !pending.reply.is_closed() {
+                self.metrics
+                    .rejected(expiry_reason(pending.bounded_by_server));
+                let error = expiry_error(&self.settings, pending.bounded_by_server);
+                let _ = pending.reply.send(Err(error));
+            }
         }
     }
 
@@ -500,7 +542,7 @@ impl Batcher {
 
     /// Whether a batch should go now, and when to look again if not.
     fn readiness(&self, now: Instant, closing: bool) -> (bool, Option<Instant>) {
-        if self.rows_waiting == 0 {
+        if self.requests_waiting == 0 {
             return (false, None);
         }
         let Some(batching) = &self.settings.batching else {
@@ -889,6 +931,7 @@ mod tests {
             default_priority: levels,
             default_timeout: None,
             timeout_action: TimeoutAction::Reject,
+            max_request_time: Duration::from_secs(300),
         }
     }
 
@@ -1275,6 +1318,72 @@ mod tests {
         for reply in replies {
             assert!(reply.await.unwrap().is_ok());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_row_requests_are_answered_batching_on_and_off() {
+        for batching in [None, Some(batching(5, vec![], false))] {
+            let (handle, mut batches) = start(settings(batching.clone(), queue(8, 1), 8));
+            // Alone: the batch holds no rows but still goes to the runtime.
+            let empty = submit(&handle, rows(0, 3, 0.0), None, None);
+            let batch = batches
+                .recv()
+                .await
+                .expect("a zero-row request forms a batch");
+            assert_eq!((batch.rows(), batch.len()), (0, 1));
+            echo(batch);
+            let answer = empty.await.unwrap().unwrap();
+            assert_eq!(answer[0].shape(), &[0, 3]);
+            // Beside rows of others: each gets its own share back.
+            let a = submit(&handle, rows(2, 3, 1.0), None, None);
+            let b = submit(&handle, rows(0, 3, 0.0), None, None);
+            let c = submit(&handle, rows(1, 3, 2.0), None, None);
+            settle().await;
+            while let Ok(Some(batch)) =
+                tokio::time::timeout(Duration::from_millis(50), batches.recv()).await
+            {
+                echo(batch);
+            }
+            let shapes: Vec<Vec<i64>> = [a, b, c]
+                .into_iter()
+                .map(|reply| async { reply.await.unwrap().unwrap()[0].shape().to_vec() })
+                .collect::<futures::future::JoinAll<_>>()
+                .await;
+            assert_eq!(
+                shapes,
+                vec![vec![2, 3], vec![0, 3], vec![1, 3]],
+                "{batching:?}"
+            );
+            drop(handle);
+            assert!(batches.recv().await.is_none(), "nothing is left behind");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_server_bound_fails_a_request_no_one_answers() {
+        let mut policy = queue(4, 1);
+        policy.max_request_time = Duration::from_secs(2);
+        let (handle, mut batches) = start(settings(None, policy, 8));
+        // Running: the worker holds the batch and never completes it.
+        let running = submit(&handle, rows(1, 1, 0.0), None, None);
+        let held = batches.recv().await.unwrap();
+        // Queued behind it.
+        let queued = submit(&handle, rows(1, 1, 1.0), None, None);
+        settle().await;
+        tokio::time::advance(Duration::from_millis(2001)).await;
+        for reply in [running, queued] {
+            let err = reply.await.unwrap().unwrap_err();
+            assert_eq!(err.kind, ErrorKind::DeadlineExceeded);
+            assert!(err.message.contains("server's bound"), "{}", err.message);
+        }
+        assert_eq!(handle.queue_depth(), 0, "the queued request left the queue");
+        drop(held);
+        // A shorter timeout of the request's own is still its own.
+        let own = submit(&handle, rows(1, 1, 0.0), None, Some(5));
+        let _held = batches.recv().await.unwrap();
+        tokio::time::advance(Duration::from_millis(6)).await;
+        let err = own.await.unwrap().unwrap_err();
+        assert!(err.message.contains("timeout passed"), "{}", err.message);
     }
 
     #[test]

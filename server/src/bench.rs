@@ -58,6 +58,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BatchTiming>, String> {
         &model_dir,
         &crate::model_config::ConfigDefaults {
             queue_capacity: 1,
+            max_request_time: crate::model_config::DEFAULT_MAX_REQUEST_TIME,
             onnx: OnnxOptions::default(),
         },
     )?;

@@ -176,6 +176,14 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
 
+    /// The longest any request may wait and run, whatever its timeout: one still
+    /// unanswered then gets 504 / DEADLINE_EXCEEDED and is counted
+    /// (`switchyard_queue_rejections_total{reason="max_request_time"}`), so no
+    /// request can hold a queue place forever (models may override with
+    /// `queue.max_request_time_us`).
+    #[arg(long, env = "SWITCHYARD_MAX_REQUEST_TIME", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub max_request_time: Duration,
+
     /// ONNX Runtime intra-op threads per model instance (models may override).
     #[arg(long, env = "SWITCHYARD_ONNX_INTRA_OP_THREADS", default_value_t = 1)]
     pub onnx_intra_op_threads: usize,
@@ -217,6 +225,9 @@ impl Config {
         }
         if self.repository_poll_interval < Duration::from_millis(50) {
             return Err("--repository-poll-interval must be at least 50ms".to_owned());
+        }
+        if self.max_request_time.is_zero() {
+            return Err("--max-request-time must be positive".to_owned());
         }
         if self.queue_capacity == 0 {
             return Err("--queue-capacity must be at least 1".to_owned());
@@ -271,6 +282,7 @@ impl Config {
     pub fn model_defaults(&self) -> ConfigDefaults {
         ConfigDefaults {
             queue_capacity: self.queue_capacity,
+            max_request_time: self.max_request_time,
             onnx: OnnxOptions {
                 intra_op_threads: self.onnx_intra_op_threads,
                 inter_op_threads: self.onnx_inter_op_threads,

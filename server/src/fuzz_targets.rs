@@ -34,6 +34,7 @@ pub fn grpc_request(data: &[u8]) {
 fn defaults() -> ConfigDefaults {
     ConfigDefaults {
         queue_capacity: 16,
+        max_request_time: crate::model_config::DEFAULT_MAX_REQUEST_TIME,
         onnx: OnnxOptions::default(),
     }
 }

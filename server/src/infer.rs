@@ -148,10 +148,11 @@ pub fn validate(model: &ModelVersion, request: &InferRequest) -> Result<(), ApiE
         }
         let max = model.config.max_batch_size;
         if max > 0 {
+            // Zero rows are a valid (empty) batch: the answer has zero rows too.
             let rows = input.shape().first().copied().unwrap_or(0);
-            if rows < 1 || rows > i64::from(max) {
+            if rows > i64::from(max) {
                 return Err(ApiError::invalid(format!(
-                    "input `{}`: batch dimension is {rows}, but model `{name}` takes 1 to {max} rows (max_batch_size)",
+                    "input `{}`: batch dimension is {rows}, but model `{name}` takes at most {max} rows (max_batch_size)",
                     spec.name
                 )));
             }

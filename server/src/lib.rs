@@ -6,6 +6,7 @@ pub mod batcher;
 pub mod bench;
 pub mod catalog;
 pub mod config;
+pub mod config_file;
 pub mod error;
 pub mod fuzz_targets;
 pub mod grpc;

@@ -46,7 +46,7 @@ struct Tracked {
     /// Fingerprint of each loaded version.
     loaded: BTreeMap<u64, String>,
     /// The config text the loaded versions were built with.
-    config: Option<(String, String)>,
+    config: Option<(String, crate::config_file::ConfigText)>,
     failures: BTreeMap<u64, Failure>,
     config_failure: Option<Failure>,
     /// Versions seen once with this fingerprint, waiting to be seen unchanged again.
@@ -100,9 +100,13 @@ impl Lifecycle {
         let Some(path) = &self.routes_path else {
             return;
         };
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => Some(text),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        let text = match crate::config_file::read_config_file(path) {
+            Ok(None) => None,
+            Ok(Some(Ok(text))) => Some(text),
+            Ok(Some(Err(reason))) => {
+                next.routes_error = Some(format!("{}: {reason}", path.display()));
+                return;
+            }
             Err(err) => {
                 next.routes_error = Some(format!("{}: {err}", path.display()));
                 return;
@@ -168,8 +172,13 @@ impl Lifecycle {
     fn parse_config(
         &self,
         model: &str,
-        config: &Option<(String, String)>,
+        config: &Option<(String, crate::config_file::ConfigText)>,
     ) -> Result<(ModelConfig, Vec<String>), String> {
+        let config = match config {
+            None => None,
+            Some((file, Err(reason))) => return Err(format!("{file}: {reason}")),
+            Some((file, Ok(text))) => Some((file, text)),
+        };
         match config {
             None => Ok((ModelConfig::derived(&self.defaults), Vec::new())),
             Some((file, text)) if file.ends_with(".pbtxt") => {
@@ -374,7 +383,8 @@ impl Lifecycle {
             let fingerprint = crate::source::content_key(&[listing
                 .config
                 .as_ref()
-                .map_or("", |(_, t)| t.as_str())]);
+                .and_then(|(_, t)| t.as_deref().ok())
+                .unwrap_or_default()]);
             remote_versions = BTreeMap::from([(1u64, VersionListing { fingerprint })]);
             &remote_versions
         } else {

@@ -161,7 +161,7 @@ impl Metrics {
         let rejections = IntCounterVec::new(
             Opts::new(
                 "switchyard_queue_rejections_total",
-                "Requests refused or dropped by the queue, by reason (queue_full, timeout, cancelled).",
+                "Requests refused or dropped by the queue, by reason (queue_full, timeout, cancelled, max_request_time).",
             ),
             &["model", "version", "reason"],
         )?;

@@ -411,6 +411,16 @@ fn worker(
         let took = started.elapsed();
         metrics.observe_compute(took);
         batch.record_compute(took);
+        // A runtime that cannot take an empty tensor (ONNX Runtime and libtorch
+        // mostly can) refuses that input: a 400, and no mark against the model.
+        let result = match result {
+            Err(RuntimeError::Execution(reason)) if batch.has_empty_input() => {
+                Err(RuntimeError::InvalidInput(format!(
+                    "the model cannot run zero-size inputs: {reason}"
+                )))
+            }
+            other => other,
+        };
         // Only faults of the model count, not bad input or an unreachable upstream.
         breaker.record(!matches!(result, Err(RuntimeError::Execution(_))));
         batch.complete(result.map_err(ApiError::from));

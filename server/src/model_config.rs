@@ -106,6 +106,7 @@ struct RawQueueConfig {
     default_priority: Option<u32>,
     default_timeout_us: Option<u64>,
     timeout_action: Option<TimeoutAction>,
+    max_request_time_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -227,6 +228,10 @@ pub struct QueuePolicy {
     /// Longest a request may wait and run; requests may only ask for less.
     pub default_timeout: Option<Duration>,
     pub timeout_action: TimeoutAction,
+    /// The server's own bound on a request's time in the queue and the model,
+    /// whatever its timeout: a request still unanswered then is failed and
+    /// counted, so nothing can hold a queue place forever.
+    pub max_request_time: Duration,
 }
 
 /// Pad an input along one non-batch dimension so requests of different
@@ -319,10 +324,15 @@ impl TorchConfig {
     }
 }
 
+/// `--max-request-time`'s default: generous, since it only catches what no
+/// timeout was set for.
+pub const DEFAULT_MAX_REQUEST_TIME: Duration = Duration::from_secs(300);
+
 /// Defaults for what a model's config leaves out; set by server flags.
 #[derive(Debug, Clone)]
 pub struct ConfigDefaults {
     pub queue_capacity: usize,
+    pub max_request_time: Duration,
     pub onnx: OnnxOptions,
 }
 
@@ -370,6 +380,7 @@ impl ModelConfig {
                 default_priority: 1,
                 default_timeout: None,
                 timeout_action: TimeoutAction::Reject,
+                max_request_time: defaults.max_request_time,
             },
             dynamic_batching: None,
             onnx: defaults.onnx.clone(),
@@ -390,9 +401,11 @@ impl ModelConfig {
     ) -> Result<(Self, Vec<String>), String> {
         let read = |name: &str| -> Result<Option<String>, String> {
             let path = model_dir.join(name);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => Ok(Some(text)),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            match crate::config_file::read_config_file(&path) {
+                Ok(None) => Ok(None),
+                Ok(Some(text)) => text
+                    .map(Some)
+                    .map_err(|e| format!("{}: {e}", path.display())),
                 Err(err) => Err(format!("{}: {err}", path.display())),
             }
         };
@@ -421,7 +434,7 @@ impl ModelConfig {
         let raw: RawModelConfig = if text.trim().is_empty() {
             RawModelConfig::default()
         } else {
-            serde_yaml_ng::from_str(text).map_err(|err| err.to_string())?
+            crate::config_file::parse_yaml(text)?
         };
         raw.validate(defaults)
     }
@@ -577,7 +590,13 @@ impl RawModelConfig {
                 .filter(|&us| us > 0)
                 .map(Duration::from_micros),
             timeout_action: raw_queue.timeout_action.unwrap_or_default(),
+            max_request_time: raw_queue
+                .max_request_time_us
+                .map_or(defaults.max_request_time, Duration::from_micros),
         };
+        if queue.max_request_time.is_zero() {
+            return Err("queue.max_request_time_us must be positive".to_owned());
+        }
         if queue.capacity == 0 {
             return Err("queue.capacity must be at least 1".to_owned());
         }
@@ -717,9 +736,23 @@ pub fn from_triton(
     let mut raw = RawModelConfig::default();
     let text_of = |v: &Value| v.as_text().map(str::to_owned);
     let int_of = |v: &Value, field: &str| {
-        v.as_i64()
-            .ok_or_else(|| format!("config.pbtxt: `{field}` must be an integer"))
+        v.as_i64().ok_or_else(|| {
+            format!(
+                "config.pbtxt: `{field}` must be a 64-bit integer, got `{}`",
+                v.as_text().unwrap_or("a message")
+            )
+        })
     };
+    // Triton's fields are typed (uint32, int64...): a value out of range is an
+    // error there, so it is here too, never truncated.
+    let uint_of = |v: &Value, field: &str, max: u64| -> Result<u64, String> {
+        let n = int_of(v, field)?;
+        u64::try_from(n)
+            .ok()
+            .filter(|&n| n <= max)
+            .ok_or_else(|| format!("config.pbtxt: `{field}` must be between 0 and {max}, got {n}"))
+    };
+    let u32_of = |v: &Value, field: &str| uint_of(v, field, u64::from(u32::MAX)).map(|n| n as u32);
     let tensors = |kind: &str,
                    values: Vec<&Value>,
                    warnings: &mut Vec<String>|
@@ -803,7 +836,7 @@ pub fn from_triton(
                 };
                 for (f, v) in &m.fields {
                     match f.as_str() {
-                        "count" => group.count = int_of(v, "instance_group.count")?.max(0) as usize,
+                        "count" => group.count = u32_of(v, "instance_group.count")? as usize,
                         "kind" => group.kind = v.as_text().unwrap_or_default().to_owned(),
                         "gpus" => group.gpus.push(
                             usize::try_from(int_of(v, "instance_group.gpus")?).map_err(
@@ -825,22 +858,20 @@ pub fn from_triton(
                     .ok_or("config.pbtxt: version_policy must be a message")?;
                 raw.version_policy = Some(
                     if let Some(latest) = m.first("latest").and_then(Value::as_message) {
-                        VersionPolicy::Latest(
-                            latest
-                                .first("num_versions")
-                                .and_then(Value::as_i64)
-                                .unwrap_or(1)
-                                .max(0) as usize,
-                        )
+                        VersionPolicy::Latest(match latest.first("num_versions") {
+                            Some(v) => u32_of(v, "version_policy.latest.num_versions")? as usize,
+                            None => 1,
+                        })
                     } else if m.first("all").is_some() {
                         VersionPolicy::All
                     } else if let Some(specific) = m.first("specific").and_then(Value::as_message) {
                         VersionPolicy::Specific(
                             specific
                                 .all("versions")
-                                .filter_map(Value::as_i64)
-                                .map(|v| v.max(0) as u64)
-                                .collect(),
+                                .map(|v| {
+                                    uint_of(v, "version_policy.specific.versions", i64::MAX as u64)
+                                })
+                                .collect::<Result<_, _>>()?,
                         )
                     } else {
                         return Err(
@@ -857,18 +888,14 @@ pub fn from_triton(
                 let mut queue = RawQueueConfig::default();
                 for (f, v) in &m.fields {
                     match f.as_str() {
-                        "preferred_batch_size" => batching
-                            .preferred_batch_sizes
-                            .push(int_of(v, f)?.max(0) as u32),
+                        "preferred_batch_size" => {
+                            batching.preferred_batch_sizes.push(u32_of(v, f)?)
+                        }
                         "max_queue_delay_microseconds" => {
-                            batching.max_queue_delay_us = Some(int_of(v, f)?.max(0) as u64)
+                            batching.max_queue_delay_us = Some(uint_of(v, f, u64::MAX)?)
                         }
-                        "priority_levels" => {
-                            queue.priority_levels = Some(int_of(v, f)?.max(0) as u32)
-                        }
-                        "default_priority_level" => {
-                            queue.default_priority = Some(int_of(v, f)?.max(0) as u32)
-                        }
+                        "priority_levels" => queue.priority_levels = Some(u32_of(v, f)?),
+                        "default_priority_level" => queue.default_priority = Some(u32_of(v, f)?),
                         "default_queue_policy" => {
                             let policy: &Message = v
                                 .as_message()
@@ -876,12 +903,13 @@ pub fn from_triton(
                             for (pf, pv) in &policy.fields {
                                 match pf.as_str() {
                                     "max_queue_size" => {
-                                        let size = int_of(pv, pf)?;
+                                        // Triton: 0 = unbounded; ours stays bounded by the default.
+                                        let size = uint_of(pv, pf, u64::from(u32::MAX))?;
                                         if size > 0 {
                                             queue.capacity = Some(size as usize);
                                         }
                                     }
-                                    "default_timeout_microseconds" => queue.default_timeout_us = Some(int_of(pv, pf)?.max(0) as u64),
+                                    "default_timeout_microseconds" => queue.default_timeout_us = Some(uint_of(pv, pf, u64::MAX)?),
                                     "timeout_action" if pv.as_text() == Some("REJECT") => queue.timeout_action = Some(TimeoutAction::Reject),
                                     "timeout_action" => warnings.push("default_queue_policy.timeout_action DELAY is not supported; timed-out requests are rejected".to_owned()),
                                     "allow_timeout_override" => {}
@@ -1110,6 +1138,7 @@ mod tests {
     fn defaults() -> ConfigDefaults {
         ConfigDefaults {
             queue_capacity: 16,
+            max_request_time: DEFAULT_MAX_REQUEST_TIME,
             onnx: OnnxOptions::default(),
         }
     }

@@ -5,6 +5,11 @@
 
 use std::fmt;
 
+/// Deepest nesting of messages accepted. Triton's own configs nest about five
+/// deep; the parser recurses per level, so an unbounded file could overflow
+/// the stack and abort the whole process.
+pub const MAX_DEPTH: usize = 32;
+
 /// A field's value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -181,6 +186,7 @@ impl Lexer<'_> {
 struct Parser {
     tokens: Vec<(Token, usize)>,
     pos: usize,
+    depth: usize,
 }
 
 impl Parser {
@@ -260,10 +266,20 @@ impl Parser {
         }
     }
 
+    fn nested(&mut self, close: char) -> Result<Value, ParseError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error(format!("messages nest more than {MAX_DEPTH} levels deep")));
+        }
+        self.depth += 1;
+        let message = self.message(Some(close));
+        self.depth -= 1;
+        Ok(Value::Message(message?))
+    }
+
     fn value(&mut self) -> Result<Value, ParseError> {
         match self.next() {
-            Some(Token::Punct('{')) => Ok(Value::Message(self.message(Some('}'))?)),
-            Some(Token::Punct('<')) => Ok(Value::Message(self.message(Some('>'))?)),
+            Some(Token::Punct('{')) => self.nested('}'),
+            Some(Token::Punct('<')) => self.nested('>'),
             Some(Token::Str(mut s)) => {
                 while let Some(Token::Str(next)) = self.peek() {
                     s.push_str(next);
@@ -278,10 +294,16 @@ impl Parser {
     }
 }
 
-/// Parses a whole text-format message.
+/// Parses a whole text-format message (at most `MAX_DEPTH` levels deep; the
+/// caller bounds the text's size, see `config_file::MAX_CONFIG_BYTES`).
 pub fn parse(text: &str) -> Result<Message, ParseError> {
     let tokens = Lexer::tokens(text)?;
-    Parser { tokens, pos: 0 }.message(None)
+    Parser {
+        tokens,
+        pos: 0,
+        depth: 0,
+    }
+    .message(None)
 }
 
 #[cfg(test)]
@@ -357,5 +379,18 @@ parameters { key: "a" value: { string_value: "x" "y" } }
         );
         assert!(parse("name: \"oops\n\"").is_err());
         assert!(parse("dims: [1 2]").is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let deep =
+            |levels: usize| format!("{}{}", "parameters { ".repeat(levels), "}".repeat(levels));
+        assert!(parse(&deep(MAX_DEPTH)).is_ok());
+        for levels in [MAX_DEPTH + 1, 200_000] {
+            let err = parse(&deep(levels)).unwrap_err();
+            assert!(err.message.contains("nest more than 32"), "{err}");
+        }
+        let angle = format!("{}{}", "a < ".repeat(100_000), ">".repeat(100_000));
+        assert!(parse(&angle).is_err());
     }
 }

@@ -192,7 +192,7 @@ impl RawTarget {
 
 /// Parses and validates a route file against the models the sources list.
 pub fn parse(text: &str, models: &BTreeSet<String>) -> Result<RouteTable, String> {
-    let raw: RawRoutes = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    let raw: RawRoutes = crate::config_file::parse_yaml(text)?;
     let mut endpoints = BTreeMap::new();
     for (name, endpoint) in raw.endpoints {
         if !crate::repository::valid_model_name(&name) {

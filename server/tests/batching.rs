@@ -153,10 +153,19 @@ async fn a_request_over_max_batch_size_or_with_mismatched_rows_is_refused() {
     let err = switchyard::infer::infer(&state, request(5), &mut served)
         .await
         .unwrap_err();
-    assert!(err.message.contains("takes 1 to 4 rows"), "{}", err.message);
+    assert!(
+        err.message.contains("takes at most 4 rows"),
+        "{}",
+        err.message
+    );
     assert!(
         switchyard::infer::infer(&state, request(4), &mut served)
             .await
             .is_ok()
     );
+    // An empty batch is a batch: zero rows back, of the output's shape.
+    let empty = switchyard::infer::infer(&state, request(0), &mut served)
+        .await
+        .unwrap();
+    assert_eq!(empty.outputs[0].shape(), &[0, 10]);
 }

@@ -57,10 +57,12 @@ impl LocalSource {
     fn list_model(&self, dir: &Path) -> ModelListing {
         let mut listing = ModelListing::default();
         for name in ["config.yaml", "config.pbtxt"] {
-            if listing.config.is_none()
-                && let Ok(text) = std::fs::read_to_string(dir.join(name))
-            {
-                listing.config = Some((name.to_owned(), text));
+            if listing.config.is_none() {
+                listing.config = match crate::config_file::read_config_file(&dir.join(name)) {
+                    Ok(None) => None,
+                    Ok(Some(text)) => Some((name.to_owned(), text)),
+                    Err(err) => Some((name.to_owned(), Err(err.to_string()))),
+                };
             }
         }
         let Ok(entries) = std::fs::read_dir(dir) else {

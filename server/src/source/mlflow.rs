@@ -305,11 +305,12 @@ impl Source for MlflowSource {
             .await?;
         let artifact_uri = uri.artifact_uri.trim_end_matches('/').to_owned();
         let mlmodel = self.read_artifact(&artifact_uri, "MLmodel").await?;
-        let parsed: MlModelFile =
-            serde_yaml_ng::from_slice(&mlmodel).map_err(|e| SourceError::Fetch {
+        let parsed: MlModelFile = crate::config_file::config_text(&mlmodel)
+            .and_then(|text| crate::config_file::parse_yaml(&text))
+            .map_err(|reason| SourceError::Fetch {
                 source_name: self.describe(),
                 what: format!("{artifact_uri}/MLmodel"),
-                reason: e.to_string(),
+                reason,
             })?;
         let data = parsed
             .flavors

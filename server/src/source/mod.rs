@@ -21,12 +21,14 @@ pub struct VersionListing {
     pub fingerprint: String,
 }
 
+pub use crate::config_file::ConfigText;
+
 /// One model as the source lists it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelListing {
     pub versions: BTreeMap<u64, VersionListing>,
-    /// The model's config file (name, text), if the source has one.
-    pub config: Option<(String, String)>,
+    /// The model's config file (name, text or why it is unreadable), if the source has one.
+    pub config: Option<(String, ConfigText)>,
     /// Versions named by aliases (MLflow), alias → version.
     pub aliases: BTreeMap<String, u64>,
     /// When set, only this version is wanted (an alias or a pinned version).

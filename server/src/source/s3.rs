@@ -24,7 +24,7 @@ pub struct S3Source {
     store: Arc<dyn ObjectStore>,
     cache_dir: PathBuf,
     /// Config files by key: (ETag, text), so unchanged configs are not re-read.
-    configs: Mutex<HashMap<String, (String, String)>>,
+    configs: Mutex<HashMap<String, (String, crate::config_file::ConfigText)>>,
 }
 
 impl S3Source {
@@ -74,12 +74,24 @@ impl S3Source {
         }
     }
 
-    async fn config_text(&self, key: &str, etag: &str) -> Result<String, SourceError> {
+    async fn config_text(
+        &self,
+        key: &str,
+        etag: &str,
+        size: u64,
+    ) -> Result<crate::config_file::ConfigText, SourceError> {
         if let Ok(cache) = self.configs.lock()
             && let Some((seen, text)) = cache.get(key)
             && seen == etag
         {
             return Ok(text.clone());
+        }
+        // Known from the listing: a config over the bound is never downloaded.
+        if size > crate::config_file::MAX_CONFIG_BYTES as u64 {
+            return Ok(Err(format!(
+                "the file is {size} bytes; config files may be at most {} bytes",
+                crate::config_file::MAX_CONFIG_BYTES
+            )));
         }
         let bytes = self
             .store
@@ -89,7 +101,7 @@ impl S3Source {
             .bytes()
             .await
             .map_err(|e| self.unreachable(e))?;
-        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let text = crate::config_file::config_text(&bytes);
         if let Ok(mut cache) = self.configs.lock() {
             cache.insert(key.to_owned(), (etag.to_owned(), text.clone()));
         }
@@ -130,7 +142,13 @@ impl Source for S3Source {
                 .unwrap_or_else(|| format!("{}-{}", object.size, object.last_modified));
             match parts.as_slice() {
                 [model, file @ ("config.yaml" | "config.pbtxt")] if valid_model_name(model) => {
-                    configs.push(((*model).to_owned(), (*file).to_owned(), full.clone(), etag));
+                    configs.push((
+                        (*model).to_owned(),
+                        (*file).to_owned(),
+                        full.clone(),
+                        etag,
+                        object.size,
+                    ));
                 }
                 [model, version, file] if valid_model_name(model) && MODEL_FILES.contains(file) => {
                     let Some(version) = version
@@ -158,10 +176,10 @@ impl Source for S3Source {
         }
         // config.yaml wins over config.pbtxt, as in a local folder.
         configs.sort_by(|a, b| (&a.0, &b.1).cmp(&(&b.0, &a.1)));
-        for (model, file, key, etag) in configs {
+        for (model, file, key, etag, size) in configs {
             let entry = listing.entry(model).or_default();
             if entry.config.is_none() {
-                entry.config = Some((file, self.config_text(&key, &etag).await?));
+                entry.config = Some((file, self.config_text(&key, &etag, size).await?));
             }
         }
         Ok(listing)

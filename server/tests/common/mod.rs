@@ -44,6 +44,7 @@ pub fn settings() -> Settings {
 pub fn defaults() -> ConfigDefaults {
     ConfigDefaults {
         queue_capacity: 64,
+        max_request_time: switchyard::model_config::DEFAULT_MAX_REQUEST_TIME,
         onnx: OnnxOptions::default(),
     }
 }

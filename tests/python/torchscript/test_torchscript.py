@@ -205,6 +205,21 @@ def test_failing_forward_is_a_clear_error_and_the_model_keeps_serving(server, pr
     np.testing.assert_array_equal(infer(server, protocol, "guarded", {"INPUT__0": good}).as_numpy("OUTPUT__0"), good * 2)
 
 
+@pytest.mark.parametrize("protocol", ["http-json", "http-binary", "grpc"])
+def test_zero_rows_give_what_pytorch_gives(server, protocol):
+    # An empty batch is a batch: zero-row outputs, the shapes and types PyTorch returns.
+    x = np.zeros((0, 256), np.float32)
+    logits, probabilities = reference("mlp_torch", x)
+    result = infer(server, protocol, "mlp_torch", {"input": x})
+    assert result.as_numpy("output").shape == tuple(logits.shape) == (0, 10)
+    assert result.as_numpy("probabilities").shape == tuple(probabilities.shape)
+    image = infer(server, protocol, "resnet18", {"input": np.zeros((0, 3, 224, 224), np.float32)})
+    assert image.as_numpy("output").shape == (0, 1000)
+    # The model keeps serving at once.
+    one = np.ones((1, 256), np.float32)
+    np.testing.assert_allclose(infer(server, protocol, "mlp_torch", {"input": one}).as_numpy("output"), reference("mlp_torch", one)[0].numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "inputs, message",
     [
