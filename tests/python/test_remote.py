@@ -62,6 +62,16 @@ def test_remote_model_matches_mlserver_and_batches(tmp_path):
         reply = requests.post(f"http://{server.http}/v2/models/iris-remote/infer", json=body, timeout=10).json()
         assert reply["outputs"][0]["data"] == want_label.flatten().tolist()
 
+        # Zero rows go through the upstream too: an empty answer of the right shapes, at once.
+        started = time.monotonic()
+        empty = np.zeros((0, 4), np.float32)
+        empty_label, empty_prob = infer(gateway, "iris-remote", empty)
+        # The shapes MLServer itself gives (its codec makes the labels [N, 1]).
+        direct_label, direct_prob = infer(direct, "iris", empty)
+        assert (empty_label.shape, empty_prob.shape) == (direct_label.shape, direct_prob.shape) == ((0, 1), (0, 3))
+        assert time.monotonic() - started < 5
+        np.testing.assert_array_equal(infer(gateway, "iris-remote", x)[0], want_label)
+
         # 16 concurrent clients, each with its own rows: batched on the gateway, answers row-exact.
         errors = []
 
