@@ -100,7 +100,8 @@ torch-test: libtorch torch-models $(SERVICES_VENV)/.installed
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked $(TORCH_CRATES) $(TORCH_TARGETS) --features torch --no-fail-fast -E 'binary(torch) | test(torch)'; \
 	else \
-		$(CARGO) test --locked $(TORCH_CRATES) $(TORCH_TARGETS) --features torch torch; \
+		$(CARGO) test --locked $(TORCH_CRATES) --features torch --test torch && \
+		$(CARGO) test --locked $(TORCH_CRATES) --lib --bins --features torch torch; \
 	fi
 	cd tests/python && SWITCHYARD_BIN=$(CURDIR)/target/debug/switchyard ../../$(TORCH_PY) -m pytest -q -p no:cacheprovider torchscript
 
@@ -135,13 +136,15 @@ bench-gpu-build: setup libtorch
 	strip -o target/gpu-bundle/switchyard target/release/switchyard
 	strip -o target/gpu-bundle/switchyard-load target/release/switchyard-load
 
-## Formatting, lints, the dependency rule (runtimes never pulls in a web server),
-## and the Kubernetes manifests (yamllint, kustomize, kubernetes-validate 1.29).
+## Formatting, lints (both builds, and a stable check of the fuzz crate), the
+## dependency rule (runtimes never pulls in a web server), and the Kubernetes
+## manifests (yamllint, kustomize, kubernetes-validate 1.29).
 lint: venv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	scripts/fetch-libtorch.sh >/dev/null
 	$(CARGO) clippy --locked $(TORCH_CRATES) --all-targets --features torch -- -D warnings
+	$(CARGO) check --locked --manifest-path fuzz/Cargo.toml --target-dir target
 	scripts/check-dependency-direction.sh
 	PY=$(PY) scripts/check-k8s.sh
 

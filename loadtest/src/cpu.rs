@@ -18,13 +18,19 @@ mod tests {
     #[test]
     fn own_cpu_time_is_readable_and_grows() {
         let before = super::process_cpu_seconds("self").unwrap();
+        // Spin until /proc shows 50 ms more CPU (bounded by wall time, so a
+        // reading that never grows fails instead of hanging).
         let mut x = 0u64;
         let start = std::time::Instant::now();
-        while start.elapsed().as_millis() < 50 {
-            x = x.wrapping_mul(31).wrapping_add(7);
+        let mut after = before;
+        while after - before < 0.05 && start.elapsed().as_secs() < 20 {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
+            after = super::process_cpu_seconds("self").unwrap();
         }
         std::hint::black_box(x);
-        let after = super::process_cpu_seconds("self").unwrap();
-        assert!(after >= before);
+        assert!(after - before >= 0.05, "{before} → {after}");
+        assert!(after - before < 30.0, "{before} → {after}: not seconds");
     }
 }

@@ -34,7 +34,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::{ApiError, ErrorKind};
-use crate::metrics::ModelMetrics;
+use crate::metrics::{ModelMetrics, Rejection};
 use crate::model_config::{BatchingConfig, QueuePolicy, TimeoutAction};
 
 pub type Reply = Result<Vec<Tensor>, ApiError>;
@@ -267,7 +267,7 @@ impl BatcherHandle {
             })
             .is_err()
         {
-            self.metrics.rejected("queue_full");
+            self.metrics.rejected(Rejection::QueueFull);
             return Err(ApiError::new(
                 ErrorKind::Overloaded,
                 format!(
@@ -324,11 +324,11 @@ impl BatcherHandle {
     }
 }
 
-fn expiry_reason(bounded_by_server: bool) -> &'static str {
+fn expiry_reason(bounded_by_server: bool) -> Rejection {
     if bounded_by_server {
-        "max_request_time"
+        Rejection::MaxRequestTime
     } else {
-        "timeout"
+        Rejection::Timeout
     }
 }
 
@@ -524,7 +524,7 @@ impl Batcher {
             for pending in queue {
                 if pending.reply.is_closed() {
                     self.release(&pending);
-                    self.metrics.rejected("cancelled");
+                    self.metrics.rejected(Rejection::Cancelled);
                 } else {
                     self.levels[level].push_back(pending);
                 }
@@ -600,7 +600,7 @@ impl Batcher {
                 if candidate.reply.is_closed() {
                     if let Some(gone) = self.levels[level].remove(index) {
                         self.release(&gone);
-                        self.metrics.rejected("cancelled");
+                        self.metrics.rejected(Rejection::Cancelled);
                     }
                     continue;
                 }

@@ -33,6 +33,20 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for series exposed at zero.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotFound,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::Overloaded,
+        ErrorKind::Unavailable,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::PermissionDenied,
+        ErrorKind::Unauthenticated,
+        ErrorKind::RequestTimeout,
+        ErrorKind::Internal,
+    ];
+
     pub fn http_status(self) -> StatusCode {
         match self {
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,

@@ -129,6 +129,14 @@ impl Lifecycle {
             Ok(routes) => {
                 info!(path = %path.display(), endpoints = routes.endpoints.len(), "Routes loaded.");
                 for endpoint in routes.endpoints.values() {
+                    let variants: Vec<&str> =
+                        endpoint.variants.iter().map(|v| v.name.as_str()).collect();
+                    self.metrics.expose_endpoint(
+                        &endpoint.name,
+                        &variants,
+                        endpoint.shadow.is_some(),
+                        endpoint.canary.is_some(),
+                    );
                     for variant in &endpoint.variants {
                         self.metrics.set_route_weight(
                             &endpoint.name,

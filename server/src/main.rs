@@ -12,29 +12,36 @@ use switchyard::{Listeners, ServeOptions, serve};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives between
+/// "Listening." and the start of serving must drain, not kill the process.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
+        use tokio::signal::unix::{SignalKind, signal};
+        let installing = |kind: SignalKind| {
+            signal(kind).map_err(|err| format!("installing a signal handler: {err}"))
+        };
+        let mut term = installing(SignalKind::terminate())?;
+        let mut int = installing(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+            info!("Shutdown signal received.");
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    info!("Shutdown signal received.");
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        info!("Shutdown signal received.");
+    })
 }
 
 async fn run(config: Config) -> Result<(), String> {
     config.validate()?;
+    let shutdown = shutdown_signal()?;
     // A named library must load; a missing default one only stops ONNX models
     // (each then fails to load, with this reason), so a TorchScript- or
     // remote-only deployment need not ship ONNX Runtime.
@@ -134,7 +141,7 @@ async fn run(config: Config) -> Result<(), String> {
             watch: watched,
             tls,
         },
-        shutdown_signal(),
+        shutdown,
     )
     .await
     .map_err(|err| err.to_string())

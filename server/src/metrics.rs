@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::error::ErrorKind;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -58,6 +60,46 @@ const LOAD_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
 ];
 
+/// Why the queue refused or dropped a request (`switchyard_queue_rejections_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The request's priority level was full at admission.
+    QueueFull,
+    /// The request's (or model's) timeout passed.
+    Timeout,
+    /// The caller went away while it waited.
+    Cancelled,
+    /// The server's bound on any request (`--max-request-time`) passed.
+    MaxRequestTime,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 4] = [
+        Rejection::QueueFull,
+        Rejection::Timeout,
+        Rejection::Cancelled,
+        Rejection::MaxRequestTime,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Rejection::QueueFull => "queue_full",
+            Rejection::Timeout => "timeout",
+            Rejection::Cancelled => "cancelled",
+            Rejection::MaxRequestTime => "max_request_time",
+        }
+    }
+}
+
+/// `switchyard_model_events_total{event}` values.
+pub const MODEL_EVENTS: [&str; 3] = ["swapped_in", "retired", "unloaded"];
+
+/// `switchyard_canary_decisions_total{decision}` values.
+pub const CANARY_DECISIONS: [&str; 5] = ["wait", "hold", "step_up", "promote", "rollback"];
+
+/// The protocols requests are counted under.
+pub const PROTOCOLS: [&str; 2] = ["http", "grpc"];
+
 /// One model version's series, resolved once so the hot path does no label lookups.
 #[derive(Clone)]
 pub struct ModelMetrics {
@@ -66,8 +108,8 @@ pub struct ModelMetrics {
     queue_time: prometheus::Histogram,
     compute_time: prometheus::Histogram,
     batch_size: prometheus::Histogram,
-    rejections: IntCounterVec,
-    labels: [String; 2],
+    /// Indexed like `Rejection::ALL`.
+    rejections: [prometheus::IntCounter; 4],
 }
 
 impl ModelMetrics {
@@ -93,12 +135,9 @@ impl ModelMetrics {
         self.batch_size.observe(rows as f64);
     }
 
-    /// A request refused or dropped by the queue; `reason` is one of
-    /// `queue_full`, `timeout`, `cancelled`.
-    pub fn rejected(&self, reason: &str) {
-        self.rejections
-            .with_label_values(&[self.labels[0].as_str(), self.labels[1].as_str(), reason])
-            .inc();
+    /// A request refused or dropped by the queue.
+    pub fn rejected(&self, reason: Rejection) {
+        self.rejections[reason as usize].inc();
     }
 }
 
@@ -297,6 +336,32 @@ impl Metrics {
         })
     }
 
+    /// An endpoint's series, at zero, when its routes load: outcomes and
+    /// latency per variant (and `shadow`), shadow drops, canary decisions.
+    pub fn expose_endpoint(&self, endpoint: &str, variants: &[&str], shadow: bool, canary: bool) {
+        let shadow_variant = shadow.then_some("shadow");
+        for variant in variants.iter().copied().chain(shadow_variant) {
+            for outcome in ["success", "failure"] {
+                let _ = self
+                    .endpoint_requests
+                    .with_label_values(&[endpoint, variant, outcome]);
+            }
+            let _ = self
+                .endpoint_latency
+                .with_label_values(&[endpoint, variant]);
+        }
+        if shadow {
+            let _ = self.shadow_dropped.with_label_values(&[endpoint]);
+        }
+        if canary {
+            for decision in CANARY_DECISIONS {
+                let _ = self
+                    .canary_decisions
+                    .with_label_values(&[endpoint, decision]);
+            }
+        }
+    }
+
     /// A model version event: `swapped_in`, `retired` or `unloaded`.
     pub fn model_event(&self, model: &str, event: &str) {
         self.model_events.with_label_values(&[model, event]).inc();
@@ -346,23 +411,45 @@ impl Metrics {
     }
 
     pub fn set_source_up(&self, source: &str, up: bool) {
+        let _ = self.source_errors.with_label_values(&[source]);
         self.source_up
             .with_label_values(&[source])
             .set(i64::from(up));
     }
 
-    /// The series of one model version.
+    /// The series of one model version. Every series whose labels are known
+    /// now (each outcome, protocol and rejection reason) is created at zero,
+    /// so `rate()` and alerts see it before its first event.
     pub fn for_model(&self, model: &str, version: u64) -> ModelMetrics {
         let version = version.to_string();
         let labels = [model, version.as_str()];
+        for protocol in PROTOCOLS {
+            let _ = self.latency.with_label_values(&[model, &version, protocol]);
+            for outcome in
+                std::iter::once("success").chain(ErrorKind::ALL.iter().map(|k| k.as_label()))
+            {
+                let _ = self
+                    .requests
+                    .with_label_values(&[model, &version, protocol, outcome]);
+            }
+        }
+        for outcome in ["success", "failure"] {
+            let _ = self.model_loads.with_label_values(&[model, outcome]);
+        }
+        let _ = self.model_load_time.with_label_values(&[model]);
+        for event in MODEL_EVENTS {
+            let _ = self.model_events.with_label_values(&[model, event]);
+        }
         ModelMetrics {
             queue_depth: self.queue_depth.with_label_values(&labels),
             in_flight: self.in_flight.with_label_values(&labels),
             queue_time: self.queue_time.with_label_values(&labels),
             compute_time: self.compute_time.with_label_values(&labels),
             batch_size: self.batch_size.with_label_values(&labels),
-            rejections: self.rejections.clone(),
-            labels: [model.to_owned(), version],
+            rejections: Rejection::ALL.map(|reason| {
+                self.rejections
+                    .with_label_values(&[model, &version, reason.as_label()])
+            }),
         }
     }
 

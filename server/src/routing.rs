@@ -627,8 +627,10 @@ endpoints:
                 canary += 1;
             }
         }
+        // The sequence is evenly spread, so the split is exact to a few requests:
+        // a weight off by a tenth of itself (11% or 9%) cannot pass.
         assert!(
-            (800..=1200).contains(&canary),
+            (990..=1010).contains(&canary),
             "{canary} of 10000 went to the 10% canary"
         );
     }
@@ -637,7 +639,9 @@ endpoints:
     fn sticky_keys_stay_put_and_move_minimally() {
         let table = parse(ROUTES, &models()).unwrap();
         let mut e = (*table.endpoints["scoring"]).clone();
-        let keys: Vec<String> = (0..2000).map(|i| format!("user-{i}")).collect();
+        // 20,000 keys: the hash's spread is ±0.2% (one sd), so ±0.7% still
+        // refuses a weight off by a tenth of itself.
+        let keys: Vec<String> = (0..20_000).map(|i| format!("user-{i}")).collect();
         let before: Vec<usize> = keys
             .iter()
             .map(|k| choose(&e, &[true, true], None, Some(k), 0.0).unwrap())
@@ -648,7 +652,7 @@ endpoints:
             .collect();
         assert_eq!(before, again, "same key, same variant");
         let share = before.iter().filter(|&&v| v == 1).count() as f64 / keys.len() as f64;
-        assert!((0.07..0.13).contains(&share), "{share}");
+        assert!((0.093..0.107).contains(&share), "{share}");
         // 10% → 30%: only keys moving to the canary change, about 20% of them.
         e.variants[0].weight = 70.0;
         e.variants[1].weight = 30.0;
@@ -664,7 +668,7 @@ endpoints:
         let moved =
             before.iter().zip(&after).filter(|(b, a)| b != a).count() as f64 / keys.len() as f64;
         assert_eq!(moved_back, 0, "no key leaves the variant whose weight grew");
-        assert!((0.15..0.25).contains(&moved), "{moved}");
+        assert!((0.19..0.21).contains(&moved), "{moved}");
     }
 
     #[test]

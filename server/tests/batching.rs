@@ -93,6 +93,13 @@ async fn concurrent_clients_get_their_own_unbatched_results() {
             .unwrap();
         let got: Vec<f32> = bytemuck::pod_collect_to_vec(&response.raw_output_contents[0]);
         let want = alone[0].as_slice::<f32>();
+        // Row-exact: the answer is this client's rows, all of them, and no more.
+        assert_eq!(
+            got.len(),
+            rows * 10,
+            "client {client}: a truncated or padded answer"
+        );
+        assert_eq!(want.len(), rows * 10);
         for (g, w) in got.iter().zip(want.iter()) {
             assert!(
                 (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
@@ -113,9 +120,11 @@ async fn concurrent_clients_get_their_own_unbatched_results() {
     let batches = value(r#"switchyard_batch_size_count{model="mlp",version="1"}"#);
     let rows = value(r#"switchyard_batch_size_sum{model="mlp",version="1"}"#);
     assert_eq!(rows, (0..64).map(|c| (c % 5 + 1) as f64).sum::<f64>());
+    // Requests merged: fewer runtime calls than requests (every client sends
+    // one request, so 64 batches would mean no merging at all, whatever the rows).
     assert!(
-        rows / batches > 1.5,
-        "{batches} batches for {rows} rows: batching did not merge"
+        batches <= 32.0,
+        "{batches} batches for 64 requests: batching did not merge"
     );
     assert!(
         text.contains("switchyard_queue_duration_seconds_count"),

@@ -38,7 +38,11 @@ class Server:
             *extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.log_file, env=env)
-        self.http, self.grpc, self.metrics = self._wait_for_listening(timeout=60)
+        try:
+            self.http, self.grpc, self.metrics = self._wait_for_listening(timeout=60)
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_for_listening(self, timeout: float) -> tuple[str, str, str]:
         deadline = time.monotonic() + timeout
@@ -66,7 +70,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        os.unlink(self.log_file.name)
+        if not self.log_file.closed:
+            self.log_file.close()
+            os.unlink(self.log_file.name)
         return self.process.returncode
 
 

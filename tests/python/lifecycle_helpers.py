@@ -48,7 +48,10 @@ def infer_version(http_addr: str, model: str = "versioned", version: str | None 
 
 @dataclass
 class SteadyLoad:
-    """`clients` threads sending requests back to back until stopped."""
+    """`clients` threads sending requests back to back until stopped.
+
+    `results` holds (started, finished, version) per answered request; every
+    other outcome, including an exception of any kind in a thread, is a failure."""
 
     http_addr: str
     clients: int = 8
@@ -65,6 +68,7 @@ class SteadyLoad:
         body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": x.flatten().tolist()}]}
         url = f"http://{self.http_addr}/v2/models/{self.model}/infer"
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 response = session.post(url, json=body, timeout=10)
                 if response.status_code != 200:
@@ -78,10 +82,10 @@ class SteadyLoad:
                 with self._lock:
                     if offsets != {version}:
                         self.failures.append(("mixed", offsets, version))
-                    self.results.append((time.monotonic(), version))
-            except requests.RequestException as err:
+                    self.results.append((started, time.monotonic(), version))
+            except Exception as err:  # noqa: BLE001 - any failure of a request is recorded, never lost with the thread
                 with self._lock:
-                    self.failures.append(("transport", str(err)))
+                    self.failures.append((type(err).__name__, str(err)))
 
     def __enter__(self):
         for _ in range(self.clients):
@@ -94,14 +98,33 @@ class SteadyLoad:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=15)
+        assert not any(t.is_alive() for t in self._threads), "a load thread did not stop"
 
     def versions_seen(self) -> set[int]:
         with self._lock:
-            return {v for _, v in self.results}
+            return {v for _, _, v in self.results}
 
     def latest_version(self) -> int | None:
         with self._lock:
-            return self.results[-1][1] if self.results else None
+            return self.results[-1][2] if self.results else None
+
+    def answered_after(self, moment: float) -> int:
+        with self._lock:
+            return sum(1 for _, finished, _ in self.results if finished > moment)
+
+    def older_after_newer(self) -> list:
+        """Requests that started after a newer version had answered, yet were
+        answered by an older one: a version flapping back (no grace allowed)."""
+        with self._lock:
+            results = sorted(self.results)
+        newest_finished: dict[int, float] = {}
+        for _, finished, version in results:
+            newest_finished[version] = min(finished, newest_finished.get(version, finished))
+        return [
+            (started, version)
+            for started, _, version in results
+            if any(newer > version and started > seen for newer, seen in newest_finished.items())
+        ]
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.05):

@@ -27,11 +27,14 @@ class Service:
     def __init__(self, name: str, args: list[str], ready_url: str, timeout: float, env: dict | None = None, cwd=None,
                  exact_ok: bool = False):
         self.name = name
-        self.log = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
-        self.process = subprocess.Popen(
-            args, stdout=self.log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-            cwd=cwd, start_new_session=True,
-        )
+        fd, log = tempfile.mkstemp(prefix=f"{name}-", suffix=".log")
+        self.log = Path(log)
+        # The child holds its own copy of the file; ours is closed at once.
+        with os.fdopen(fd, "w") as log_file:
+            self.process = subprocess.Popen(
+                args, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                cwd=cwd, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

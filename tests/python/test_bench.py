@@ -17,8 +17,22 @@ def test_parse_stat_handles_spaces_and_parens_in_the_command_name():
     assert seconds == (250 + 50) / bench.CLK_TCK
 
 
-def test_tree_cpu_includes_this_process():
-    assert bench.tree_cpu_seconds(os.getpid()) >= 0.0
+def test_tree_cpu_includes_this_process_and_its_children():
+    import subprocess
+    import time
+
+    burn = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint(flush=True)\ntime.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # the child has burnt 0.3 s of CPU and is still alive
+        own = time.process_time()
+        tree = bench.tree_cpu_seconds(os.getpid())
+        # Ours (at /proc's 10 ms resolution) plus the child's 0.3 s.
+        assert tree >= own - 0.02 + 0.28, (tree, own)
+        assert tree < own + 5, (tree, own)
+    finally:
+        child.kill()
+        child.wait()
     assert bench.tree_cpu_seconds(2**22 + 12345) == 0.0  # no such process
 
 

@@ -172,11 +172,15 @@ def test_grpc_errors(server, case):
 
 
 def test_grpc_typed_contents_work(server):
+    from reference import expected
+
     request, tensor = typed_contents_request()
-    tensor.contents.fp32_contents.extend([0.25] * 256)
+    x = np.random.default_rng(3).standard_normal((1, 256)).astype(np.float32)
+    tensor.contents.fp32_contents.extend(x.flatten().tolist())
     response = grpc_call(server, request)
     assert list(response.outputs[0].shape) == [1, 10]
-    assert len(response.raw_output_contents[0]) == 40
+    got = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(1, 10)
+    np.testing.assert_allclose(got, expected("mlp", {"input": x})["output"], rtol=1e-5, atol=1e-6)
 
 
 def test_grpc_malformed_message(server):

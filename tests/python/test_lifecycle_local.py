@@ -27,13 +27,11 @@ def test_new_version_swaps_in_under_load_with_no_failed_request(tmp_path):
             write_version(tmp_path, "versioned", 2)
             wait_for(lambda: load.latest_version() == 2, 20, "version 2 to serve")
             swapped = time.monotonic()
-            wait_for(lambda: sum(1 for t, _ in load.results if t > swapped) > 100, 20, "requests after the swap")
+            wait_for(lambda: load.answered_after(swapped) > 100, 20, "requests after the swap")
         assert load.failures == [], load.failures[:5]
         assert load.versions_seen() == {1, 2}
-        # Once version 2 answered, version 1 never answers again (one snapshot per request).
-        first_v2 = min(t for t, v in load.results if v == 2)
-        late_v1 = [t for t, v in load.results if v == 1 and t > first_v2 + 0.5]
-        assert late_v1 == []
+        # Once version 2 answered, a request sent later never gets version 1 (one snapshot per request).
+        assert load.older_after_newer() == []
         rows = index(server.http)
         assert [(r["name"], r["version"], r["state"]) for r in rows] == [("versioned", "2", "READY")]
         metrics = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
@@ -73,7 +71,8 @@ def test_half_written_and_corrupt_files_are_never_served(tmp_path):
         assert load.failures == [], load.failures[:5]
         assert 3 not in load.versions_seen()
         metrics = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
-        assert 'switchyard_model_loads_total{model="versioned",outcome="failure"}' in metrics
+        failures = next(l for l in metrics.splitlines() if l.startswith('switchyard_model_loads_total{model="versioned",outcome="failure"}'))
+        assert float(failures.split()[-1]) >= 1, failures
         # Fixing the file heals it without a restart.
         write_version(tmp_path, "versioned", 3)
         wait_for(lambda: infer_version(server.http)[1] == "3", 20, "the fixed version 3")

@@ -30,9 +30,11 @@ def test_s3_lists_loads_and_swaps_on_a_new_object(tmp_path):
                 wait_for(lambda: len(load.results) > 30, 20, "requests before the swap")
                 s3.put_object(Bucket="models", Key="prod/versioned/2/model.onnx", Body=versioned_bytes(2))
                 wait_for(lambda: load.latest_version() == 2, 20, "version 2 from S3")
-                time.sleep(0.5)
+                swapped = time.monotonic()
+                wait_for(lambda: load.answered_after(swapped) > 50, 20, "requests after the swap")
             assert load.failures == [], load.failures[:5]
             assert load.versions_seen() == {1, 2}
+            assert load.older_after_newer() == []
             # A corrupt upload never replaces what serves.
             s3.put_object(Bucket="models", Key="prod/versioned/3/model.onnx", Body=b"corrupt")
             wait_for(lambda: any(r.get("version") == "3" and r["state"] == "UNAVAILABLE" for r in index(server.http)),
@@ -91,9 +93,11 @@ def test_mlflow_alias_moves_swap_the_served_version(tmp_path):
                 set_alias(base, "versioned", "champion", v2)
                 wait_for(lambda: load.latest_version() == 2, 20, "the alias's new version")
                 swap_seconds = time.monotonic() - moved
-                time.sleep(0.5)
+                swapped = time.monotonic()
+                wait_for(lambda: load.answered_after(swapped) > 50, 20, "requests after the swap")
             assert load.failures == [], load.failures[:5]
             assert load.versions_seen() == {1, 2}
+            assert load.older_after_newer() == []
             assert swap_seconds < 10, swap_seconds
 
             # The registry goes away: the last good version keeps serving, and the index says why.

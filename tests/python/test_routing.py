@@ -42,6 +42,12 @@ endpoints:
 """
 
 
+def metric(text: str, series: str) -> float:
+    line = next((l for l in text.splitlines() if l.startswith(series + " ")), None)
+    assert line is not None, f"{series} is not exposed"
+    return float(line.rsplit(" ", 1)[1])
+
+
 def test_split_sticky_and_pinned(tmp_path):
     server = Server(repository=repo_with(tmp_path, SPLIT))
     try:
@@ -130,9 +136,13 @@ def test_shadow_traffic_never_delays_or_fails_the_primary(tmp_path):
         wait_for(lambda: requests.get(f"http://{server.http}/v2/endpoints/scoring", timeout=10).json()["shadow"]["percent"] == 100,
                  10, "the shadow route")
         with_shadow = primary_latencies()
-        p99_without, p99_with = np.percentile(without, 99), np.percentile(with_shadow, 99)
-        assert p99_with < 2 * p99_without + 5, (p99_without, p99_with)
+        assert len(with_shadow) == len(without)
         metrics = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
+        # Read on the server, not this test's clock: a primary that waited for its
+        # 50 ms shadow would land past the 25 ms bucket; 99% of them stay under it.
+        under = metric(metrics, 'switchyard_endpoint_request_duration_seconds_bucket{endpoint="scoring",variant="stable",le="0.025"}')
+        total = metric(metrics, 'switchyard_endpoint_request_duration_seconds_count{endpoint="scoring",variant="stable"}')
+        assert total >= 400 and under >= 0.99 * total, (under, total)
         shadow_lines = [line for line in metrics.splitlines() if 'variant="shadow"' in line and "requests_total" in line]
         assert any('outcome="failure"' in line for line in shadow_lines), shadow_lines  # shadow errors stayed inside
         assert any('outcome="success"' in line for line in shadow_lines), shadow_lines
@@ -204,19 +214,21 @@ def test_a_broken_canary_is_rolled_back_and_only_its_share_fails(tmp_path):
         while canary_state(server).get("phase") != "rolled_back":
             results += run_load(server, 0.2)
             assert time.monotonic() - started < 20, "no rollback"
-        rolled_back_after = time.monotonic() - started
         failures = [r for r in results if r[1] != 200]
         assert failures, "the broken canary never got traffic"
         assert all(variant == "canary" or variant is None for _, _, variant, _ in failures)
         share = len(failures) / len(results)
         assert share < 0.35, share  # at most the canary's 20% step, give or take
-        assert rolled_back_after < 3, rolled_back_after  # within a few 400 ms intervals
         state = canary_state(server)
         assert "success rate" in state["last_reason"], state
         after = run_load(server, 0.5)
         assert all(status == 200 and variant == "stable" for _, status, variant, _ in after)
         metrics = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
-        assert 'switchyard_endpoint_requests_total{endpoint="scoring",outcome="failure",variant="stable"}' not in metrics
+        assert metric(metrics, 'switchyard_endpoint_requests_total{endpoint="scoring",outcome="failure",variant="stable"}') == 0
+        # Judged and rolled back at its first step: it never advanced, whatever the wall clock did.
+        decisions = {d: metric(metrics, f'switchyard_canary_decisions_total{{decision="{d}",endpoint="scoring"}}')
+                     for d in ("step_up", "promote", "rollback")}
+        assert decisions == {"step_up": 0, "promote": 0, "rollback": 1}, decisions
         # The canary stays loaded for inspection (its own breaker may mark it unhealthy).
         assert any(r["name"] == "broken" and r.get("version") == "1" for r in index(server.http))
     finally:

@@ -100,6 +100,23 @@ def test_mutual_tls_requires_a_client_certificate(pki):
         with grpc.secure_channel(server.grpc, credentials) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
+
+        # A certificate from a CA the server does not trust is no better than none.
+        make_ca(pki, "rogue-ca")
+        make_cert(pki, "rogue-ca", "rogue")
+        rogue = (str(pki / "rogue.crt"), str(pki / "rogue.key"))
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.post(f"https://{server.http}/v2/models/mlp/infer", json=MLP, verify=ca, cert=rogue, timeout=10)
+        for key, chain in [(None, None), ((pki / "rogue.key").read_bytes(), (pki / "rogue.crt").read_bytes())]:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=(pki / "ca.crt").read_bytes(), private_key=key, certificate_chain=chain
+            )
+            with grpc.secure_channel(server.grpc, credentials) as channel:
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+        assert "rogue" not in server.log() or "certificate" in server.log()
     finally:
         assert server.stop() == 0
 

@@ -16,11 +16,13 @@ import numpy as np
 import onnx
 import pytest
 import requests
+import grpc
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from conftest import MODELS, Server
@@ -293,3 +295,37 @@ def test_a_hostile_config_at_start_up_is_a_clean_refusal(tmp_path, name):
     with pytest.raises(RuntimeError, match="exited with 2") as failed:
         Server(repository=tmp_path)
     assert HOSTILE_CONFIGS[name][2] in str(failed.value)
+
+
+# gRPC typed `contents` fields by datatype (FP16/BF16 have none: raw only).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+@pytest.mark.parametrize("datatype", sorted(CONTENTS_FIELD))
+@pytest.mark.parametrize("rows", [0, 3])
+def test_grpc_typed_contents_carry_exact_values(zero_server, datatype, rows):
+    x = values(datatype, [rows, 2], seed=rows)
+    request = service_pb2.ModelInferRequest(model_name=f"id_{datatype.lower()}")
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "x", datatype
+    tensor.shape.extend([rows, 2])
+    getattr(tensor.contents, CONTENTS_FIELD[datatype]).extend(x.flatten().tolist())
+    with grpc.insecure_channel(zero_server.grpc) as channel:
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=ANSWER_WITHIN_S)
+    assert list(response.outputs[0].shape) == [rows, 2]
+    raw = response.raw_output_contents[0]
+    if datatype == "BYTES":
+        got, offset = [], 0
+        while offset < len(raw):
+            size = int.from_bytes(raw[offset:offset + 4], "little")
+            got.append(raw[offset + 4:offset + 4 + size])
+            offset += 4 + size
+        assert got == x.flatten().tolist()
+    else:
+        got = np.frombuffer(raw, dtype=np.dtype(triton_to_np_dtype(datatype)).newbyteorder("<")).reshape(rows, 2)
+        np.testing.assert_array_equal(got, x)
