@@ -115,8 +115,8 @@ def test_a_dead_upstream_gives_fast_503_and_recovers_without_restart(tmp_path):
     url = f"http://{server.http}/v2/models/iris-remote/infer"
     try:
         assert requests.post(url, json=body, timeout=10).status_code == 200
-        mlserver.stop()
-        died = time.time()  # at or after the upstream's exit
+        died = time.time()
+        mlserver.kill()
         wait_for(lambda: requests.get(f"http://{server.http}/v2/health/ready", timeout=5).status_code == 503, 10,
                  "readiness to turn false")
         # Ejected by the next probe (every 200 ms; a dead port refuses at once), read from
@@ -124,7 +124,8 @@ def test_a_dead_upstream_gives_fast_503_and_recovers_without_restart(tmp_path):
         ejected = [json.loads(line) for line in server.log().splitlines() if '"Upstream ejected."' in line]
         assert ejected, "no ejection logged"
         at = datetime.datetime.fromisoformat(ejected[0]["timestamp"]).timestamp()
-        assert at - died < 0.2 + 0.3, f"ejected {at - died:.3f} s after the upstream died"
+        # One 200 ms interval, plus a margin for a loaded machine's timers.
+        assert 0 <= at - died < 0.2 + 0.15, f"ejected {at - died:.3f} s after the upstream died"
         started = time.monotonic()
         response = requests.post(url, json=body, timeout=10)
         assert response.status_code == 503, response.text
