@@ -167,3 +167,62 @@ impl From<ApiError> for tonic::Status {
         tonic::Status::new(err.kind.grpc_code(), err.message)
     }
 }
+
+/// Failures tonic detects before a handler runs, by (tonic's code, message
+/// prefix), and the kind they really are: an undecodable message is the
+/// client's mistake (tonic says INTERNAL), an oversize one is over the limit
+/// (tonic says OUT_OF_RANGE). Messages may arrive percent-encoded.
+const TONIC_PRE_HANDLER: &[(tonic::Code, &str, ErrorKind)] = &[
+    (
+        tonic::Code::Internal,
+        "failed to decode",
+        ErrorKind::InvalidArgument,
+    ),
+    (
+        tonic::Code::Internal,
+        "failed%20to%20decode",
+        ErrorKind::InvalidArgument,
+    ),
+    (
+        tonic::Code::OutOfRange,
+        "Error, decoded message length too large",
+        ErrorKind::PayloadTooLarge,
+    ),
+    (
+        tonic::Code::OutOfRange,
+        "Error,%20decoded%20message%20length%20too%20large",
+        ErrorKind::PayloadTooLarge,
+    ),
+];
+
+/// Puts right the code of a failure tonic answered before a handler ran
+/// (such errors travel in the headers of a trailers-only response), by the
+/// table above and this file's kind → code mapping.
+pub fn classify_tonic_errors<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let (Some(status), Some(message)) = (headers.get("grpc-status"), headers.get("grpc-message"))
+    else {
+        return response;
+    };
+    let Some(code) = status
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+        .map(tonic::Code::from)
+    else {
+        return response;
+    };
+    let kind = TONIC_PRE_HANDLER
+        .iter()
+        .find(|(from, prefix, _)| {
+            *from == code && message.as_bytes().starts_with(prefix.as_bytes())
+        })
+        .map(|(_, _, kind)| *kind);
+    if let Some(kind) = kind {
+        let code = kind.grpc_code() as i32;
+        if let Ok(value) = http::HeaderValue::from_str(&code.to_string()) {
+            headers.insert("grpc-status", value);
+        }
+    }
+    response
+}

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use prost::Message;
 
-use crate::model_config::{ConfigDefaults, ModelConfig, from_triton};
+use crate::config::model::{ConfigDefaults, ModelConfig, from_triton};
 use switchyard_runtimes::onnx::OnnxOptions;
 
 /// The first byte picks whether a binary-extension header length is sent.
@@ -22,19 +22,20 @@ pub fn http_request(data: &[u8]) {
         Some((_, rest)) => (None, rest),
         None => (None, data),
     };
-    let _ = crate::http::codec::decode_request("m", None, Bytes::copy_from_slice(body), header);
+    let _ =
+        crate::edge::http::codec::decode_request("m", None, Bytes::copy_from_slice(body), header);
 }
 
 pub fn grpc_request(data: &[u8]) {
     if let Ok(request) = switchyard_proto::ModelInferRequest::decode(data) {
-        let _ = crate::grpc::decode_request(request);
+        let _ = crate::edge::grpc::decode_request(request);
     }
 }
 
 fn defaults() -> ConfigDefaults {
     ConfigDefaults {
         queue_capacity: 16,
-        max_request_time: crate::model_config::DEFAULT_MAX_REQUEST_TIME,
+        max_request_time: crate::config::model::DEFAULT_MAX_REQUEST_TIME,
         onnx: OnnxOptions::default(),
     }
 }
@@ -50,11 +51,11 @@ pub fn routes(data: &[u8]) {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let _ = crate::routing::parse(&String::from_utf8_lossy(data), &models);
+    let _ = crate::config::routes::parse(&String::from_utf8_lossy(data), &models);
 }
 
 pub fn pbtxt(data: &[u8]) {
-    let _ = crate::pbtxt::parse(&String::from_utf8_lossy(data));
+    let _ = crate::config::pbtxt::parse(&String::from_utf8_lossy(data));
 }
 
 /// A fuzz target: takes any bytes, must not panic.

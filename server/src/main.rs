@@ -3,11 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchyard::config::{Cli, Command, Config};
-use switchyard::lifecycle::Lifecycle;
+use switchyard::app::cli::{Cli, Command, Config};
+use switchyard::app::{Parts, build};
 use switchyard::metrics::Metrics;
-use switchyard::source::{self, Source};
-use switchyard::state::{AppState, Settings};
 use switchyard::{Listeners, ServeOptions, serve};
 use tokio::net::TcpListener;
 use tracing::{error, info};
@@ -63,42 +61,22 @@ async fn run(config: Config) -> Result<(), String> {
         );
     }
     let tls = config.tls()?;
-    let cache_dir = config.cache_dir();
-    let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    let mut watched = Vec::new();
-    for uri in &config.model_repository {
-        if uri.contains("://") && !uri.starts_with("file://") {
-            sources.push(source::from_uri(uri, &cache_dir)?);
-        } else {
-            let path = std::path::PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
-            let local = source::local::LocalSource::new(&path)?
-                .with_ready_marker(config.require_ready_marker);
-            watched.push(path);
-            sources.push(Box::new(local));
-        }
-    }
+    let (sources, watched) = config.sources()?;
     let metrics = Metrics::new().map_err(|err| format!("setting up metrics: {err}"))?;
     let routes = config
         .routes
         .clone()
         .or_else(|| watched.first().map(|dir| dir.join("routes.yaml")));
-    let lifecycle =
-        Lifecycle::new(sources, config.model_defaults(), metrics.clone()).with_routes(routes);
-    let state = AppState::new(
-        lifecycle,
-        metrics,
-        Settings {
-            model_control: config.enable_model_control,
-            strict_readiness: config.strict_readiness,
-            max_request_bytes: config.max_request_bytes,
-            mlflow_webhook_secret: config.mlflow_webhook_secret.clone(),
-            tokens: config.tokens()?,
-            max_tensor_elements: config.max_tensor_elements,
-            max_bytes_element: config.max_bytes_element,
-            request_timeout: config.request_timeout,
+    let app = build(
+        Parts {
+            sources,
+            defaults: config.model_defaults(),
+            routes,
+            settings: config.settings()?,
         },
+        metrics,
     );
-    let failures = state.load_all().await.map_err(|err| err.to_string())?;
+    let failures = app.load_all().await.map_err(|err| err.to_string())?;
     if !failures.is_empty() {
         let summary: Vec<String> = failures
             .iter()
@@ -127,11 +105,11 @@ async fn run(config: Config) -> Result<(), String> {
         http = %local(&listeners.http),
         grpc = %local(&listeners.grpc),
         metrics = %local(&listeners.metrics),
-        models = state.catalog().models.len(),
+        models = app.catalog().models.len(),
         "Listening."
     );
     serve(
-        state,
+        app,
         listeners,
         ServeOptions {
             grpc_max_message_bytes: config.grpc_max_message_bytes,
@@ -157,9 +135,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(Command::BenchRuntime(args)) = &cli.command {
-        return match switchyard::bench::run(args) {
+        return match switchyard::app::bench::run(args) {
             Ok(results) => {
-                switchyard::bench::print(args, &results);
+                switchyard::app::bench::print(args, &results);
                 ExitCode::SUCCESS
             }
             Err(err) => {
@@ -180,7 +158,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let telemetry = match switchyard::telemetry::init(&config) {
+        let telemetry = match switchyard::telemetry::init(&config.telemetry()) {
             Ok(telemetry) => telemetry,
             Err(err) => {
                 eprintln!("switchyard: {err}");

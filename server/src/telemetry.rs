@@ -11,7 +11,22 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{Config, LogFormat};
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What `init` needs (from flags).
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Log filter, in `tracing` EnvFilter syntax.
+    pub log: String,
+    pub log_format: LogFormat,
+    /// OTLP/gRPC collector for trace spans.
+    pub otlp_endpoint: Option<String>,
+}
 
 /// Keeps the exporter alive; `shutdown` flushes the spans still buffered.
 pub struct Telemetry {
@@ -30,7 +45,7 @@ impl Telemetry {
 
 /// Installs the subscriber. The OTLP exporter needs the tokio runtime: call
 /// this inside it.
-pub fn init(config: &Config) -> Result<Telemetry, String> {
+pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
     let filter =
         EnvFilter::try_new(&config.log).map_err(|err| format!("--log {:?}: {err}", config.log))?;
     let provider = match &config.otlp_endpoint {

@@ -23,7 +23,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tower::ServiceExt;
 
 async fn call(
-    state: &std::sync::Arc<switchyard::state::AppState>,
+    state: &switchyard::App,
     method: &str,
     uri: &str,
     body: Value,
@@ -38,7 +38,7 @@ async fn call(
         .uri(uri)
         .body(body)
         .unwrap();
-    let response = switchyard::http::router(state.clone())
+    let response = switchyard::edge::http::router(state.edge.clone())
         .oneshot(request)
         .await
         .unwrap();

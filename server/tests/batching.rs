@@ -142,7 +142,7 @@ async fn concurrent_clients_get_their_own_unbatched_results() {
 async fn a_request_over_max_batch_size_or_with_mismatched_rows_is_refused() {
     let repo = repo_with_batching("max_batch_size: 4\ndynamic_batching: {}\n");
     let state = state_for(repo.path(), settings()).await;
-    let request = |rows: usize| switchyard::infer::InferRequest {
+    let request = |rows: usize| switchyard::serve::infer::InferRequest {
         model: "mlp".into(),
         inputs: vec![
             Tensor::from_slice(
@@ -155,11 +155,11 @@ async fn a_request_over_max_batch_size_or_with_mismatched_rows_is_refused() {
         ],
         ..Default::default()
     };
-    let mut served = switchyard::infer::Served {
+    let mut served = switchyard::serve::infer::Served {
         model: None,
         started: std::time::Instant::now(),
     };
-    let err = switchyard::infer::infer(&state, request(5), &mut served)
+    let err = switchyard::serve::infer::infer(&state.edge.serving, request(5), &mut served)
         .await
         .unwrap_err();
     assert!(
@@ -168,12 +168,12 @@ async fn a_request_over_max_batch_size_or_with_mismatched_rows_is_refused() {
         err.message
     );
     assert!(
-        switchyard::infer::infer(&state, request(4), &mut served)
+        switchyard::serve::infer::infer(&state.edge.serving, request(4), &mut served)
             .await
             .is_ok()
     );
     // An empty batch is a batch: zero rows back, of the output's shape.
-    let empty = switchyard::infer::infer(&state, request(0), &mut served)
+    let empty = switchyard::serve::infer::infer(&state.edge.serving, request(0), &mut served)
         .await
         .unwrap();
     assert_eq!(empty.outputs[0].shape(), &[0, 10]);

@@ -5,14 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
 use std::time::Duration;
 
-use switchyard::lifecycle::Lifecycle;
+use switchyard::app::{App, Parts, Settings, build};
+use switchyard::config::model::ConfigDefaults;
+use switchyard::control::source::local::LocalSource;
 use switchyard::metrics::Metrics;
-use switchyard::model_config::ConfigDefaults;
-use switchyard::source::local::LocalSource;
-use switchyard::state::{AppState, Settings};
 use switchyard::{Listeners, ServeOptions, serve};
 use switchyard_runtimes::onnx::OnnxOptions;
 use tokio::net::TcpListener;
@@ -34,7 +33,7 @@ pub fn settings() -> Settings {
         strict_readiness: true,
         max_request_bytes: 1 << 20,
         mlflow_webhook_secret: None,
-        tokens: switchyard::auth::Tokens::default(),
+        tokens: switchyard::edge::auth::Tokens::default(),
         max_tensor_elements: 1 << 28,
         max_bytes_element: 16 << 20,
         request_timeout: std::time::Duration::from_secs(60),
@@ -44,27 +43,29 @@ pub fn settings() -> Settings {
 pub fn defaults() -> ConfigDefaults {
     ConfigDefaults {
         queue_capacity: 64,
-        max_request_time: switchyard::model_config::DEFAULT_MAX_REQUEST_TIME,
+        max_request_time: switchyard::config::model::DEFAULT_MAX_REQUEST_TIME,
         onnx: OnnxOptions::default(),
     }
 }
 
-/// Builds state over `repo` and loads every model in it.
-pub async fn state_for(repo: &Path, settings: Settings) -> Arc<AppState> {
+/// Builds the server over `repo` (the builder `main` uses) and loads every model in it.
+pub async fn state_for(repo: &Path, settings: Settings) -> App {
     switchyard_runtimes::onnx::init(None).expect("ONNX Runtime (run scripts/fetch-onnxruntime.sh)");
-    let metrics = Metrics::new().unwrap();
-    let lifecycle = Lifecycle::new(
-        vec![Box::new(LocalSource::new(repo).unwrap())],
-        defaults(),
-        metrics.clone(),
+    let app = build(
+        Parts {
+            sources: vec![Box::new(LocalSource::new(repo).unwrap())],
+            defaults: defaults(),
+            routes: None,
+            settings,
+        },
+        Metrics::new().unwrap(),
     );
-    let state = AppState::new(lifecycle, metrics, settings);
-    state.load_all().await.unwrap();
-    state
+    app.load_all().await.unwrap();
+    app
 }
 
 pub struct TestServer {
-    pub state: Arc<AppState>,
+    pub state: App,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
@@ -73,7 +74,7 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start(state: Arc<AppState>, drain_delay: Duration) -> Self {
+    pub async fn start(state: App, drain_delay: Duration) -> Self {
         let bind = || TcpListener::bind("127.0.0.1:0");
         let listeners = Listeners {
             http: bind().await.unwrap(),

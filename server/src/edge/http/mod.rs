@@ -1,80 +1,95 @@
 //! The KServe v2 REST edge (axum): health, metadata, inference (JSON and the
-//! binary tensor extension) and the repository extension. Handlers decode,
-//! call `infer`, encode; errors become `{"error": ...}` through `ApiError`.
+//! binary tensor extension), the repository extension, routed endpoints and
+//! the MLflow webhook. Handlers decode, call the shared inference wrapper,
+//! encode; errors become `{"error": ...}` through `ApiError`. Each route names
+//! its `Operation`, and the one table in `edge` gives its auth scope.
 
 pub mod codec;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use switchyard_runtimes::TensorSpec;
 
+use crate::edge::{Edge, Operation, Protocol, model_info};
 use crate::error::ApiError;
-use crate::infer::{Served, infer};
-use crate::model::ModelVersion;
-use crate::state::AppState;
 use codec::{HEADER_CONTENT_LENGTH, decode_request, encode_response};
 
-pub const SERVER_NAME: &str = "switchyard";
-pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Protocol extensions we implement, as `/v2` reports them.
-pub const EXTENSIONS: &[&str] = &[
-    "binary_tensor_data",
-    "model_repository",
-    "model_configuration",
-];
+/// A route guarded by its operation's auth scope.
+fn guarded(
+    edge: &Arc<Edge>,
+    operation: Operation,
+    route: MethodRouter<Arc<Edge>>,
+) -> MethodRouter<Arc<Edge>> {
+    route.layer(axum::middleware::from_fn_with_state(
+        (edge.clone(), operation),
+        authenticate,
+    ))
+}
 
 /// The REST API router.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(edge: Arc<Edge>) -> Router {
+    use Operation::*;
+    let op = |operation, route| guarded(&edge, operation, route);
     Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(live))
-        .route("/v2/health/ready", get(ready))
-        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2", op(ServerMetadata, get(server_metadata)))
+        .route("/v2/health/live", op(ServerLive, get(live)))
+        .route("/v2/health/ready", op(ServerReady, get(ready)))
+        .route("/v2/models/{model}", op(ModelMetadata, get(model_metadata)))
         .route(
             "/v2/models/{model}/versions/{version}",
-            get(model_metadata_versioned),
+            op(ModelMetadata, get(model_metadata_versioned)),
         )
-        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/ready", op(ModelReady, get(model_ready)))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
-            get(model_ready_versioned),
+            op(ModelReady, get(model_ready_versioned)),
         )
-        .route("/v2/models/{model}/config", get(model_config))
+        .route(
+            "/v2/models/{model}/config",
+            op(ModelConfig, get(model_config)),
+        )
         .route(
             "/v2/models/{model}/versions/{version}/config",
-            get(model_config_versioned),
+            op(ModelConfig, get(model_config_versioned)),
         )
-        .route("/v2/models/{model}/infer", post(infer_latest))
+        .route(
+            "/v2/models/{model}/infer",
+            op(ModelInfer, post(infer_latest)),
+        )
         .route(
             "/v2/models/{model}/versions/{version}/infer",
-            post(infer_versioned),
+            op(ModelInfer, post(infer_versioned)),
         )
-        .route("/v2/repository/index", post(repository_index))
-        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/index",
+            op(RepositoryIndex, post(repository_index)),
+        )
+        .route(
+            "/v2/repository/models/{model}/load",
+            op(ModelLoad, post(repository_load)),
+        )
         .route(
             "/v2/repository/models/{model}/unload",
-            post(repository_unload),
+            op(ModelUnload, post(repository_unload)),
         )
-        .route("/v2/repository/webhooks/mlflow", post(mlflow_webhook))
-        .route("/v2/endpoints", get(list_endpoints))
-        .route("/v2/endpoints/{endpoint}", get(get_endpoint))
-        .fallback(no_route)
+        .route(
+            "/v2/repository/webhooks/mlflow",
+            op(MlflowWebhook, post(mlflow_webhook)),
+        )
+        .route("/v2/endpoints", op(Endpoints, get(list_endpoints)))
+        .route("/v2/endpoints/{endpoint}", op(Endpoints, get(get_endpoint)))
+        .fallback_service(op(Unknown, axum::routing::any(no_route)).with_state(edge.clone()))
         // Bodies are read with our own limit so an oversize one gets our 413 body.
         .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
-        ))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(
@@ -85,64 +100,49 @@ pub fn router(state: Arc<AppState>) -> Router {
                         )
                     },
                 ))
-                .timeout(state.settings.request_timeout),
+                .timeout(edge.settings.request_timeout),
         )
-        .with_state(state)
-}
-
-/// What a path needs: nothing (probes, webhook), inference, or admin rights.
-fn scope_of(method: &Method, path: &str) -> Option<crate::auth::Scope> {
-    use crate::auth::Scope;
-    if path.starts_with("/v2/health/") || path == "/v2/repository/webhooks/mlflow" {
-        return None;
-    }
-    if method == Method::POST
-        && path.starts_with("/v2/repository/models/")
-        && (path.ends_with("/load") || path.ends_with("/unload"))
-    {
-        return Some(Scope::Admin);
-    }
-    Some(Scope::Inference)
+        .with_state(edge)
 }
 
 async fn authenticate(
-    State(state): State<Arc<AppState>>,
+    State((edge, operation)): State<(Arc<Edge>, Operation)>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(scope) = scope_of(request.method(), request.uri().path()) {
-        let authorization = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if let Err(err) = state.settings.tokens.check(authorization, scope) {
-            let unauthenticated = err.kind == crate::error::ErrorKind::Unauthenticated;
-            let mut response = err.into_response();
-            if unauthenticated {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            return response;
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if let Err(err) = edge.authorize(operation, authorization) {
+        let unauthenticated = err.kind == crate::error::ErrorKind::Unauthenticated;
+        let mut response = err.into_response();
+        if unauthenticated {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        return response;
     }
     next.run(request).await
 }
 
 /// The metrics router, served on its own port.
-pub fn metrics_router(state: Arc<AppState>) -> Router {
+pub fn metrics_router(metrics: crate::metrics::Metrics) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|State(state): State<Arc<AppState>>| async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    state.metrics.render(),
-                )
-            }),
+            get(
+                |State(metrics): State<crate::metrics::Metrics>| async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                },
+            ),
         )
         .fallback(no_route)
-        .with_state(state)
+        .with_state(metrics)
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
@@ -151,9 +151,9 @@ async fn no_route(method: Method, uri: Uri) -> ApiError {
 
 async fn server_metadata() -> Response {
     axum::Json(json!({
-        "name": SERVER_NAME,
-        "version": SERVER_VERSION,
-        "extensions": EXTENSIONS,
+        "name": crate::edge::SERVER_NAME,
+        "version": crate::edge::SERVER_VERSION,
+        "extensions": crate::edge::EXTENSIONS,
     }))
     .into_response()
 }
@@ -162,8 +162,8 @@ async fn live() -> StatusCode {
     StatusCode::OK
 }
 
-async fn ready(State(state): State<Arc<AppState>>) -> StatusCode {
-    if state.is_ready() {
+async fn ready(State(edge): State<Arc<Edge>>) -> StatusCode {
+    if edge.is_ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -177,114 +177,73 @@ fn tensor_metadata(specs: &[TensorSpec]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn metadata_of(state: &AppState, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
-    let catalog = state.catalog();
-    let found = catalog.lookup(model, version)?;
-    let versions: Vec<String> = catalog
-        .models
-        .get(model)
-        .map(|entry| entry.versions.keys().map(u64::to_string).collect())
-        .unwrap_or_default();
+fn metadata_of(edge: &Edge, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let found = model_info::metadata(&edge.serving.catalog.snapshot(), model, version)?;
     Ok(axum::Json(json!({
         "name": found.name,
-        "versions": versions,
-        "platform": found.config.platform.as_str(),
-        "inputs": tensor_metadata(&found.signature.inputs),
-        "outputs": tensor_metadata(&found.signature.outputs),
+        "versions": found.versions,
+        "platform": found.platform,
+        "inputs": tensor_metadata(&found.inputs),
+        "outputs": tensor_metadata(&found.outputs),
     }))
     .into_response())
 }
 
 async fn model_metadata(
-    State(state): State<Arc<AppState>>,
+    State(edge): State<Arc<Edge>>,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    metadata_of(&state, &model, None)
+    metadata_of(&edge, &model, None)
 }
 
 async fn model_metadata_versioned(
-    State(state): State<Arc<AppState>>,
+    State(edge): State<Arc<Edge>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    metadata_of(&state, &model, Some(&version))
+    metadata_of(&edge, &model, Some(&version))
 }
 
-fn readiness_of(
-    state: &AppState,
-    model: &str,
-    version: Option<&str>,
-) -> Result<StatusCode, ApiError> {
-    match state.catalog().lookup(model, version) {
-        Ok(_) => Ok(StatusCode::OK),
-        // Known but not serving: "not ready" rather than an error.
-        Err(err) if err.kind == crate::error::ErrorKind::Unavailable => {
-            Ok(StatusCode::SERVICE_UNAVAILABLE)
-        }
-        Err(err) => Err(err),
-    }
-}
-
-async fn model_ready(
-    State(state): State<Arc<AppState>>,
-    Path(model): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    readiness_of(&state, &model, None)
-}
-
-async fn model_ready_versioned(
-    State(state): State<Arc<AppState>>,
-    Path((model, version)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    readiness_of(&state, &model, Some(&version))
-}
-
-/// The configuration in Triton's JSON shape, so `get_model_config` works.
-fn config_json(model: &ModelVersion) -> serde_json::Value {
-    let batching = model.config.max_batch_size > 0;
-    let dims = |spec: &TensorSpec| -> Vec<i64> {
-        if batching {
-            spec.shape.iter().skip(1).copied().collect()
-        } else {
-            spec.shape.clone()
-        }
-    };
-    let tensors = |specs: &[TensorSpec]| -> Vec<serde_json::Value> {
-        specs
-            .iter()
-            .map(|spec| {
-                let dt = match spec.datatype {
-                    switchyard_runtimes::DataType::Bytes => "TYPE_STRING".to_owned(),
-                    other => format!("TYPE_{}", other.as_str()),
-                };
-                json!({"name": spec.name, "data_type": dt, "dims": dims(spec)})
-            })
-            .collect()
-    };
-    json!({
-        "name": model.name,
-        "platform": model.config.platform.as_str(),
-        "backend": "onnxruntime",
-        "max_batch_size": model.config.max_batch_size,
-        "input": tensors(&model.signature.inputs),
-        "output": tensors(&model.signature.outputs),
-        "instance_group": [{"count": model.config.instance_count, "kind": "KIND_CPU"}],
+fn readiness_of(edge: &Edge, model: &str, version: Option<&str>) -> Result<StatusCode, ApiError> {
+    let ready = model_info::ready(&edge.serving.catalog.snapshot(), model, version)?;
+    Ok(if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     })
 }
 
+async fn model_ready(
+    State(edge): State<Arc<Edge>>,
+    Path(model): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    readiness_of(&edge, &model, None)
+}
+
+async fn model_ready_versioned(
+    State(edge): State<Arc<Edge>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    readiness_of(&edge, &model, Some(&version))
+}
+
 async fn model_config(
-    State(state): State<Arc<AppState>>,
+    State(edge): State<Arc<Edge>>,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    let found = state.catalog().lookup(&model, None)?;
-    Ok(axum::Json(config_json(&found)).into_response())
+    let found = edge.serving.catalog.snapshot().lookup(&model, None)?;
+    Ok(axum::Json(model_info::triton_config(&found)).into_response())
 }
 
 async fn model_config_versioned(
-    State(state): State<Arc<AppState>>,
+    State(edge): State<Arc<Edge>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let found = state.catalog().lookup(&model, Some(&version))?;
-    Ok(axum::Json(config_json(&found)).into_response())
+    let found = edge
+        .serving
+        .catalog
+        .snapshot()
+        .lookup(&model, Some(&version))?;
+    Ok(axum::Json(model_info::triton_config(&found)).into_response())
 }
 
 /// Reads a body up to `limit` bytes; larger ones are refused with 413.
@@ -321,39 +280,32 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
 }
 
 async fn infer_latest(
-    State(state): State<Arc<AppState>>,
+    State(edge): State<Arc<Edge>>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_http(state, model, None, headers, body).await
+    infer_http(edge, model, None, headers, body).await
 }
 
 async fn infer_versioned(
-    State(state): State<Arc<AppState>>,
+    State(edge): State<Arc<Edge>>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_http(state, model, Some(version), headers, body).await
+    infer_http(edge, model, Some(version), headers, body).await
 }
 
 async fn infer_http(
-    state: Arc<AppState>,
+    edge: Arc<Edge>,
     model: String,
     version: Option<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut served = Served {
-        model: None,
-        started: Instant::now(),
-    };
-    let span = tracing::info_span!("infer", model = %model, protocol = "http");
-    crate::telemetry::adopt_parent(&span, &headers);
-    let result = tracing::Instrument::instrument(
-        async {
-            let header_length = match headers.get(HEADER_CONTENT_LENGTH) {
+    let decode = async {
+        let header_length = match headers.get(HEADER_CONTENT_LENGTH) {
             None => None,
             Some(value) => Some(
                 value
@@ -367,20 +319,19 @@ async fn infer_http(
                     })?,
             ),
         };
-            let body = read_body(body, &headers, state.settings.max_request_bytes).await?;
-            let mut decoded = tracing::info_span!("decode")
-                .in_scope(|| decode_request(&model, version.as_deref(), body, header_length))?;
-            decoded.request.headers = headers.clone();
-            let response = infer(&state, decoded.request, &mut served).await?;
-            let routed = response.routed.clone();
-            tracing::info_span!("encode")
-                .in_scope(|| encode_response(&decoded.binary, &response))
-                .map(|encoded| (encoded, routed))
-        },
-        span,
+        let body = read_body(body, &headers, edge.settings.max_request_bytes).await?;
+        let decoded = decode_request(&model, version.as_deref(), body, header_length)?;
+        Ok((decoded.request, decoded.binary))
+    };
+    let result = crate::edge::infer(
+        &edge,
+        Protocol::Http,
+        &model,
+        headers.clone(),
+        decode,
+        |response, binary| encode_response(&binary, &response),
     )
     .await;
-    served.record(&state, "http", &result);
     match result {
         Ok((encoded, routed)) => {
             let mut response = Response::new(Body::from(encoded.body));
@@ -391,8 +342,8 @@ async fn infer_http(
                     HeaderValue::try_from(variant),
                 )
             {
-                headers.insert("x-switchyard-endpoint", endpoint);
-                headers.insert("x-switchyard-variant", variant);
+                headers.insert(crate::edge::ENDPOINT_HEADER, endpoint);
+                headers.insert(crate::edge::VARIANT_HEADER, variant);
             }
             match encoded.json_length {
                 Some(len) => {
@@ -422,7 +373,7 @@ struct IndexRequest {
 }
 
 async fn repository_index(
-    State(state): State<Arc<AppState>>,
+    State(edge): State<Arc<Edge>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -433,7 +384,7 @@ async fn repository_index(
         serde_json::from_slice(&body)
             .map_err(|err| ApiError::invalid(format!("malformed JSON request body: {err}")))?
     };
-    Ok(axum::Json(state.catalog().index(request.ready)).into_response())
+    Ok(axum::Json(edge.serving.catalog.snapshot().index(request.ready)).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -442,11 +393,11 @@ struct ControlRequest {
     parameters: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Parses a load/unload body; Triton's config/file overrides are refused, not ignored.
+/// Parses a load/unload body and checks its parameters (`edge::check_control_parameters`).
 async fn control_request(
     headers: &HeaderMap,
     body: Body,
-    allowed: &[&str],
+    operation: Operation,
 ) -> Result<(), ApiError> {
     let body = read_body(body, headers, 64 << 10).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -454,47 +405,38 @@ async fn control_request(
     }
     let request: ControlRequest = serde_json::from_slice(&body)
         .map_err(|err| ApiError::invalid(format!("malformed JSON request body: {err}")))?;
-    if let Some(key) = request
-        .parameters
-        .keys()
-        .find(|key| !allowed.contains(&key.as_str()))
-    {
-        return Err(ApiError::invalid(format!(
-            "parameter `{key}` is not supported; models load from the repository as they are"
-        )));
-    }
-    Ok(())
+    crate::edge::check_control_parameters(operation, request.parameters.keys().map(String::as_str))
 }
 
 async fn repository_load(
-    State(state): State<Arc<AppState>>,
+    State(edge): State<Arc<Edge>>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    control_request(&headers, body, &[]).await?;
-    state.load_model(&model).await?;
+    control_request(&headers, body, Operation::ModelLoad).await?;
+    edge.control.load_model(&model).await?;
     Ok(StatusCode::OK)
 }
 
 async fn repository_unload(
-    State(state): State<Arc<AppState>>,
+    State(edge): State<Arc<Edge>>,
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    control_request(&headers, body, &["unload_dependents"]).await?;
-    state.unload_model(&model).await?;
+    control_request(&headers, body, Operation::ModelUnload).await?;
+    edge.control.unload_model(&model).await?;
     Ok(StatusCode::OK)
 }
 
 /// MLflow registry webhook: verified, then the sources are re-read at once.
 async fn mlflow_webhook(
-    State(state): State<Arc<AppState>>,
+    State(edge): State<Arc<Edge>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Some(secret) = state.settings.mlflow_webhook_secret.as_deref() else {
+    let Some(secret) = edge.settings.mlflow_webhook_secret.as_deref() else {
         return Err(ApiError::new(
             crate::error::ErrorKind::PermissionDenied,
             "MLflow webhooks are disabled; start the server with --mlflow-webhook-secret",
@@ -502,25 +444,25 @@ async fn mlflow_webhook(
     };
     let body = read_body(body, &headers, 1 << 20).await?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    crate::webhook::verify(
+    crate::edge::webhook::verify(
         secret,
         header("x-mlflow-delivery-id"),
         header("x-mlflow-timestamp"),
         header("x-mlflow-signature"),
         &body,
-        crate::webhook::unix_now(),
+        crate::edge::webhook::unix_now(),
     )?;
-    state.poke();
+    edge.control.poke();
     Ok(axum::Json(json!({"accepted": true})).into_response())
 }
 
 /// One endpoint with its variants' weights and readiness and its canary's state.
 fn endpoint_json(
-    state: &AppState,
-    catalog: &crate::catalog::Catalog,
-    endpoint: &crate::routing::Endpoint,
+    edge: &Edge,
+    catalog: &crate::serve::catalog::Catalog,
+    endpoint: &crate::config::routes::Endpoint,
 ) -> serde_json::Value {
-    let canaries = state.traffic.canary_states();
+    let canaries = edge.canaries.states();
     let variants: Vec<serde_json::Value> = endpoint
         .variants
         .iter()
@@ -550,27 +492,27 @@ fn endpoint_json(
     })
 }
 
-async fn list_endpoints(State(state): State<Arc<AppState>>) -> Response {
-    let catalog = state.catalog();
+async fn list_endpoints(State(edge): State<Arc<Edge>>) -> Response {
+    let catalog = edge.serving.catalog.snapshot();
     let endpoints: Vec<serde_json::Value> = catalog
         .routes
         .endpoints
         .values()
-        .map(|e| endpoint_json(&state, &catalog, e))
+        .map(|e| endpoint_json(&edge, &catalog, e))
         .collect();
     axum::Json(json!({"endpoints": endpoints, "route_file_error": catalog.routes_error}))
         .into_response()
 }
 
 async fn get_endpoint(
-    State(state): State<Arc<AppState>>,
+    State(edge): State<Arc<Edge>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let catalog = state.catalog();
+    let catalog = edge.serving.catalog.snapshot();
     let endpoint = catalog
         .routes
         .endpoints
         .get(&name)
         .ok_or_else(|| ApiError::not_found(format!("unknown endpoint `{name}`")))?;
-    Ok(axum::Json(endpoint_json(&state, &catalog, endpoint)).into_response())
+    Ok(axum::Json(endpoint_json(&edge, &catalog, endpoint)).into_response())
 }

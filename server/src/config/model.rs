@@ -401,7 +401,7 @@ impl ModelConfig {
     ) -> Result<(Self, Vec<String>), String> {
         let read = |name: &str| -> Result<Option<String>, String> {
             let path = model_dir.join(name);
-            match crate::config_file::read_config_file(&path) {
+            match crate::config::file::read_config_file(&path) {
                 Ok(None) => Ok(None),
                 Ok(Some(text)) => text
                     .map(Some)
@@ -434,7 +434,7 @@ impl ModelConfig {
         let raw: RawModelConfig = if text.trim().is_empty() {
             RawModelConfig::default()
         } else {
-            crate::config_file::parse_yaml(text)?
+            crate::config::file::parse_yaml(text)?
         };
         raw.validate(defaults)
     }
@@ -730,8 +730,8 @@ pub fn from_triton(
     model_name: &str,
     defaults: &ConfigDefaults,
 ) -> Result<(ModelConfig, Vec<String>), String> {
-    use crate::pbtxt::{Message, Value};
-    let root = crate::pbtxt::parse(text).map_err(|err| format!("config.pbtxt {err}"))?;
+    use crate::config::pbtxt::{Message, Value};
+    let root = crate::config::pbtxt::parse(text).map_err(|err| format!("config.pbtxt {err}"))?;
     let mut warnings = Vec::new();
     let mut raw = RawModelConfig::default();
     let text_of = |v: &Value| v.as_text().map(str::to_owned);

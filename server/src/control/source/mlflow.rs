@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::{
     Listing, ModelListing, Source, SourceError, VersionListing, content_key, write_atomically,
 };
-use crate::repository::valid_model_name;
+use crate::config::names::valid_model_name;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Selector {
@@ -305,8 +305,8 @@ impl Source for MlflowSource {
             .await?;
         let artifact_uri = uri.artifact_uri.trim_end_matches('/').to_owned();
         let mlmodel = self.read_artifact(&artifact_uri, "MLmodel").await?;
-        let parsed: MlModelFile = crate::config_file::config_text(&mlmodel)
-            .and_then(|text| crate::config_file::parse_yaml(&text))
+        let parsed: MlModelFile = crate::config::file::config_text(&mlmodel)
+            .and_then(|text| crate::config::file::parse_yaml(&text))
             .map_err(|reason| SourceError::Fetch {
                 source_name: self.describe(),
                 what: format!("{artifact_uri}/MLmodel"),

@@ -8,8 +8,9 @@ use std::time::Instant;
 use switchyard_runtimes::{Signature, Tensor};
 
 use crate::error::ApiError;
-use crate::model::ModelVersion;
-use crate::state::AppState;
+use crate::metrics::Metrics;
+use crate::serve::model::ModelVersion;
+use crate::serve::{RequestLimits, Serving};
 
 /// A decoded request. Tensors are well formed (sizes match shapes); whether
 /// they fit the model is checked by `validate`.
@@ -71,30 +72,30 @@ pub fn queue_parameters(
 }
 
 /// Refuses tensors over the configured size limits, before any model work.
-pub fn check_limits(state: &AppState, request: &InferRequest) -> Result<(), ApiError> {
+pub fn check_limits(limits: &RequestLimits, request: &InferRequest) -> Result<(), ApiError> {
     for input in &request.inputs {
         let elements = input.element_count();
-        if elements > state.settings.max_tensor_elements {
+        if elements > limits.max_tensor_elements {
             return Err(ApiError::new(
                 crate::error::ErrorKind::PayloadTooLarge,
                 format!(
                     "input `{}` has {elements} elements; the limit is {} (--max-tensor-elements)",
                     input.name(),
-                    state.settings.max_tensor_elements
+                    limits.max_tensor_elements
                 ),
             ));
         }
         if let Some(long) = input
             .byte_strings()
             .map(<[u8]>::len)
-            .find(|&n| n > state.settings.max_bytes_element)
+            .find(|&n| n > limits.max_bytes_element)
         {
             return Err(ApiError::new(
                 crate::error::ErrorKind::PayloadTooLarge,
                 format!(
                     "input `{}` has a {long}-byte element; the limit is {} (--max-bytes-element)",
                     input.name(),
-                    state.settings.max_bytes_element
+                    limits.max_bytes_element
                 ),
             ));
         }
@@ -209,7 +210,7 @@ pub struct Served {
 impl Served {
     /// Counts the finished request under its model (empty labels when none
     /// was found, so clients cannot create series) and outcome.
-    pub fn record<T>(&self, state: &AppState, protocol: &str, result: &Result<T, ApiError>) {
+    pub fn record<T>(&self, metrics: &Metrics, protocol: &str, result: &Result<T, ApiError>) {
         let (model, version) = self
             .model
             .as_ref()
@@ -219,80 +220,25 @@ impl Served {
             Ok(_) => "success",
             Err(err) => err.kind.as_label(),
         };
-        state
-            .metrics
-            .observe_request(model, &version, protocol, outcome, self.started.elapsed());
+        metrics.observe_request(model, &version, protocol, outcome, self.started.elapsed());
     }
-}
-
-/// Picks the model version for a request: an endpoint's variant, or the model itself.
-fn route(
-    state: &AppState,
-    catalog: &crate::catalog::Catalog,
-    request: &InferRequest,
-) -> Result<(Arc<ModelVersion>, Option<Routed>), ApiError> {
-    let Some(endpoint) = catalog.routes.endpoints.get(&request.model) else {
-        return Ok((
-            catalog.lookup(&request.model, request.version.as_deref())?,
-            None,
-        ));
-    };
-    if request.version.is_some() {
-        return Err(ApiError::invalid(format!(
-            "`{}` is an endpoint; its variants choose the version (pin one with the {} header)",
-            endpoint.name, endpoint.override_header
-        )));
-    }
-    let ready: Vec<bool> = endpoint
-        .variants
-        .iter()
-        .map(|v| catalog.resolve(&v.target).is_ok())
-        .collect();
-    let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
-    let sticky = match &endpoint.sticky {
-        Some(crate::routing::StickyKey::Header(name)) => header(name),
-        Some(crate::routing::StickyKey::Parameter(name)) => {
-            request.parameters.get(name).map(String::as_str)
-        }
-        None => None,
-    };
-    let index = crate::routing::choose(
-        endpoint,
-        &ready,
-        header(&endpoint.override_header),
-        sticky,
-        rand::random(),
-    )?;
-    let variant = &endpoint.variants[index];
-    let model = catalog.resolve(&variant.target)?;
-    if let Some(shadow) = &endpoint.shadow
-        && rand::random::<f64>() * 100.0 < shadow.percent
-        && let Ok(shadow_model) = catalog.resolve(&shadow.target)
-    {
-        state.traffic.offer_shadow(crate::traffic::ShadowJob {
-            endpoint: endpoint.name.clone(),
-            model: shadow_model,
-            inputs: request.inputs.clone(),
-        });
-    }
-    Ok((model, Some((endpoint.name.clone(), variant.name.clone()))))
 }
 
 /// Resolves, validates and runs a request. `served.model` is set once the
 /// model is known, so edges can label metrics even for failures.
 pub async fn infer(
-    state: &AppState,
+    serving: &Serving,
     request: InferRequest,
     served: &mut Served,
 ) -> Result<InferResponse, ApiError> {
-    check_limits(state, &request)?;
-    let catalog = state.catalog();
-    let (model, routed) = route(state, &catalog, &request)?;
+    check_limits(&serving.limits, &request)?;
+    let catalog = serving.catalog.snapshot();
+    let (model, routed) = crate::serve::route::route(&serving.traffic, &catalog, &request)?;
     served.model = Some(model.clone());
     drop(catalog);
     let result = run(&model, request).await;
     if let Some((endpoint, variant)) = &routed {
-        state
+        serving
             .traffic
             .record(endpoint, variant, result.is_ok(), served.started.elapsed());
     }

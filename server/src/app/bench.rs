@@ -7,8 +7,8 @@ use clap::Args;
 use serde::Serialize;
 use switchyard_runtimes::onnx::OnnxOptions;
 
-use crate::model::load_runtimes;
-use crate::model_config::{ModelConfig, Platform};
+use crate::config::model::{ModelConfig, Platform};
+use crate::serve::model::load_runtimes;
 
 /// Time a model's runtime in process (no server): the gateway's ceiling.
 #[derive(Debug, Clone, Args)]
@@ -56,9 +56,9 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BatchTiming>, String> {
     let model_dir = args.model_repository.join(&args.model);
     let (mut config, _) = ModelConfig::load(
         &model_dir,
-        &crate::model_config::ConfigDefaults {
+        &crate::config::model::ConfigDefaults {
             queue_capacity: 1,
-            max_request_time: crate::model_config::DEFAULT_MAX_REQUEST_TIME,
+            max_request_time: crate::config::model::DEFAULT_MAX_REQUEST_TIME,
             onnx: OnnxOptions::default(),
         },
     )?;
@@ -91,7 +91,7 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BatchTiming>, String> {
     let runtime = runtimes.first_mut().ok_or("the model has no instances")?;
     let mut results = Vec::new();
     for &batch in &args.batch {
-        let inputs = crate::model::synthetic_inputs(runtime.signature(), batch)?;
+        let inputs = crate::serve::model::synthetic_inputs(runtime.signature(), batch)?;
         for _ in 0..10 {
             runtime.run(&inputs).map_err(|e| e.to_string())?;
         }

@@ -33,9 +33,9 @@ use switchyard_runtimes::{DataType, Tensor};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::config::model::{BatchingConfig, QueuePolicy, TimeoutAction};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::{ModelMetrics, Rejection};
-use crate::model_config::{BatchingConfig, QueuePolicy, TimeoutAction};
 
 pub type Reply = Result<Vec<Tensor>, ApiError>;
 
@@ -920,8 +920,8 @@ mod tests {
     //! worker, receiving batches and completing them when it chooses.
 
     use super::*;
+    use crate::config::model::{PadInput, Padding};
     use crate::metrics::Metrics;
-    use crate::model_config::{PadInput, Padding};
     use std::collections::BTreeMap;
 
     fn queue(capacity: usize, levels: u32) -> QueuePolicy {

@@ -15,10 +15,10 @@ use switchyard_runtimes::{Runtime, RuntimeError, Signature, Tensor};
 use tokio::sync::mpsc;
 use tracing::{error, info};
 
-use crate::batcher::{self, Batch, BatcherHandle, BatcherSettings, Submission};
+use crate::config::model::{ModelConfig, Platform};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelMetrics};
-use crate::model_config::{ModelConfig, Platform};
+use crate::serve::batcher::{self, Batch, BatcherHandle, BatcherSettings, Submission};
 
 /// File name of the model inside a version folder, per platform.
 pub fn model_file_name(platform: Platform) -> &'static str {

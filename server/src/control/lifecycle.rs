@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::catalog::{Catalog, ModelEntry};
+use crate::config::model::{ConfigDefaults, ModelConfig, from_triton};
+use crate::control::source::{ModelListing, Source, VersionListing};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::model::ModelVersion;
-use crate::model_config::{ConfigDefaults, ModelConfig, from_triton};
-use crate::source::{ModelListing, Source, VersionListing};
+use crate::serve::catalog::{Catalog, ModelEntry};
+use crate::serve::model::ModelVersion;
 
 /// First retry delay after a failure; doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -46,7 +46,7 @@ struct Tracked {
     /// Fingerprint of each loaded version.
     loaded: BTreeMap<u64, String>,
     /// The config text the loaded versions were built with.
-    config: Option<(String, crate::config_file::ConfigText)>,
+    config: Option<(String, crate::config::file::ConfigText)>,
     failures: BTreeMap<u64, Failure>,
     config_failure: Option<Failure>,
     /// Versions seen once with this fingerprint, waiting to be seen unchanged again.
@@ -100,7 +100,7 @@ impl Lifecycle {
         let Some(path) = &self.routes_path else {
             return;
         };
-        let text = match crate::config_file::read_config_file(path) {
+        let text = match crate::config::file::read_config_file(path) {
             Ok(None) => None,
             Ok(Some(Ok(text))) => Some(text),
             Ok(Some(Err(reason))) => {
@@ -122,8 +122,8 @@ impl Lifecycle {
             .chain(next.models.keys().cloned())
             .collect();
         let parsed = match &text {
-            None => Ok(crate::routing::RouteTable::default()),
-            Some(text) => crate::routing::parse(text, &models),
+            None => Ok(crate::config::routes::RouteTable::default()),
+            Some(text) => crate::config::routes::parse(text, &models),
         };
         match parsed {
             Ok(routes) => {
@@ -180,7 +180,7 @@ impl Lifecycle {
     fn parse_config(
         &self,
         model: &str,
-        config: &Option<(String, crate::config_file::ConfigText)>,
+        config: &Option<(String, crate::config::file::ConfigText)>,
     ) -> Result<(ModelConfig, Vec<String>), String> {
         let config = match config {
             None => None,
@@ -387,8 +387,8 @@ impl Lifecycle {
 
         // A remote model has no files: one version, identified by its config.
         let remote_versions;
-        let listed_versions = if config.platform == crate::model_config::Platform::Remote {
-            let fingerprint = crate::source::content_key(&[listing
+        let listed_versions = if config.platform == crate::config::model::Platform::Remote {
+            let fingerprint = crate::control::source::content_key(&[listing
                 .config
                 .as_ref()
                 .and_then(|(_, t)| t.as_deref().ok())
@@ -529,7 +529,7 @@ impl Lifecycle {
         config: &ModelConfig,
     ) -> Result<Arc<ModelVersion>, String> {
         let started = Instant::now();
-        let dir: PathBuf = if config.platform == crate::model_config::Platform::Remote {
+        let dir: PathBuf = if config.platform == crate::config::model::Platform::Remote {
             PathBuf::new()
         } else {
             self.sources[source_index]

@@ -21,7 +21,7 @@ pub struct VersionListing {
     pub fingerprint: String,
 }
 
-pub use crate::config_file::ConfigText;
+pub use crate::config::file::ConfigText;
 
 /// One model as the source lists it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,24 +75,33 @@ pub trait Source: Send + Sync {
     }
 }
 
+/// The folder a `--model-repository` value names, when it names one (a path
+/// or `file://path`); `None` for every other scheme. The one place that
+/// decides which values are local.
+pub fn local_path(uri: &str) -> Option<PathBuf> {
+    match uri.split_once("://") {
+        None => Some(PathBuf::from(uri)),
+        Some(("file", path)) => Some(PathBuf::from(path)),
+        Some(_) => None,
+    }
+}
+
 /// Parses a `--model-repository` value: a folder, `s3://bucket/prefix` or
 /// `mlflow://host:port/<model>@<alias>` / `mlflow://host:port/<model>/<version>`.
 pub fn from_uri(uri: &str, cache_dir: &Path) -> Result<Box<dyn Source>, String> {
+    if let Some(path) = local_path(uri) {
+        return Ok(Box::new(local::LocalSource::new(&path)?));
+    }
     if let Some(rest) = uri.strip_prefix("s3://") {
         return Ok(Box::new(s3::S3Source::new(rest, cache_dir)?));
     }
     if uri.starts_with("mlflow://") || uri.starts_with("mlflow+https://") {
         return Ok(Box::new(mlflow::MlflowSource::new(uri, cache_dir)?));
     }
-    if let Some((scheme, _)) = uri.split_once("://")
-        && scheme != "file"
-    {
-        return Err(format!(
-            "unknown model repository scheme `{scheme}://`; expected a folder, s3:// or mlflow://"
-        ));
-    }
-    let path = uri.strip_prefix("file://").unwrap_or(uri);
-    Ok(Box::new(local::LocalSource::new(Path::new(path))?))
+    let scheme = uri.split_once("://").map_or(uri, |(scheme, _)| scheme);
+    Err(format!(
+        "unknown model repository scheme `{scheme}://`; expected a folder, s3:// or mlflow://"
+    ))
 }
 
 /// Writes `data` to `dest` atomically (temp file, then rename), so a reader

@@ -5,16 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use switchyard_runtimes::onnx::OnnxOptions;
 
-use crate::model_config::ConfigDefaults;
+use crate::config::model::ConfigDefaults;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::telemetry::LogFormat;
+
+/// The model sources, in the order given.
+pub type Sources = Vec<Box<dyn crate::control::source::Source>>;
 
 /// Switchyard: a KServe v2 model-serving gateway. Without a subcommand it serves.
 #[derive(Debug, Clone, Parser)]
@@ -34,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Time a model's runtime in process, with no server: the ceiling for benchmarks.
-    BenchRuntime(crate::bench::BenchArgs),
+    BenchRuntime(crate::app::bench::BenchArgs),
     /// Print what libtorch found (its CUDA part, devices, cuDNN) as JSON.
     #[cfg(feature = "torch")]
     TorchInfo,
@@ -214,10 +213,9 @@ impl Config {
     /// Checks what clap cannot; run before binding any port.
     pub fn validate(&self) -> Result<(), String> {
         for repository in &self.model_repository {
-            let local = !repository.contains("://") || repository.starts_with("file://");
-            let path =
-                std::path::Path::new(repository.strip_prefix("file://").unwrap_or(repository));
-            if local && !path.is_dir() {
+            if let Some(path) = crate::control::source::local_path(repository)
+                && !path.is_dir()
+            {
                 return Err(format!(
                     "--model-repository {repository} is not a directory"
                 ));
@@ -247,9 +245,9 @@ impl Config {
     }
 
     /// TLS settings, loaded and checked before any port is bound.
-    pub fn tls(&self) -> Result<Option<std::sync::Arc<crate::tls::Tls>>, String> {
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<crate::edge::tls::Tls>>, String> {
         match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => crate::tls::Tls::load(crate::tls::TlsFiles {
+            (Some(cert), Some(key)) => crate::edge::tls::Tls::load(crate::edge::tls::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: self.tls_client_ca.clone(),
@@ -260,16 +258,16 @@ impl Config {
     }
 
     /// The configured bearer tokens (read before any port is bound).
-    pub fn tokens(&self) -> Result<crate::auth::Tokens, String> {
-        let inference = crate::auth::read_tokens(
+    pub fn tokens(&self) -> Result<crate::edge::auth::Tokens, String> {
+        let inference = crate::edge::auth::read_tokens(
             self.inference_tokens_file.as_deref(),
             self.inference_tokens.as_deref(),
         )?;
-        let admin = crate::auth::read_tokens(
+        let admin = crate::edge::auth::read_tokens(
             self.admin_tokens_file.as_deref(),
             self.admin_tokens.as_deref(),
         )?;
-        Ok(crate::auth::Tokens::new(&inference, &admin))
+        Ok(crate::edge::auth::Tokens::new(&inference, &admin))
     }
 
     /// The cache folder for fetched models.
@@ -277,6 +275,48 @@ impl Config {
         self.model_cache_dir
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("switchyard-model-cache"))
+    }
+
+    /// Logging and tracing settings.
+    pub fn telemetry(&self) -> crate::telemetry::TelemetryConfig {
+        crate::telemetry::TelemetryConfig {
+            log: self.log.clone(),
+            log_format: self.log_format,
+            otlp_endpoint: self.otlp_endpoint.clone(),
+        }
+    }
+
+    /// The per-request settings (tokens are read from their files here).
+    pub fn settings(&self) -> Result<crate::app::Settings, String> {
+        Ok(crate::app::Settings {
+            model_control: self.enable_model_control,
+            strict_readiness: self.strict_readiness,
+            max_request_bytes: self.max_request_bytes,
+            mlflow_webhook_secret: self.mlflow_webhook_secret.clone(),
+            tokens: self.tokens()?,
+            max_tensor_elements: self.max_tensor_elements,
+            max_bytes_element: self.max_bytes_element,
+            request_timeout: self.request_timeout,
+        })
+    }
+
+    /// The model sources, and the local folders among them (to watch).
+    pub fn sources(&self) -> Result<(Sources, Vec<PathBuf>), String> {
+        let cache_dir = self.cache_dir();
+        let mut sources: Sources = Vec::new();
+        let mut watched = Vec::new();
+        for uri in &self.model_repository {
+            match crate::control::source::local_path(uri) {
+                Some(path) => {
+                    let local = crate::control::source::local::LocalSource::new(&path)?
+                        .with_ready_marker(self.require_ready_marker);
+                    watched.push(path);
+                    sources.push(Box::new(local));
+                }
+                None => sources.push(crate::control::source::from_uri(uri, &cache_dir)?),
+            }
+        }
+        Ok((sources, watched))
     }
 
     pub fn model_defaults(&self) -> ConfigDefaults {

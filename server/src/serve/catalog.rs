@@ -1,12 +1,15 @@
-//! The catalog: which model versions are served right now. It is swapped as
-//! one snapshot (`ArcSwap`); each request loads the snapshot once and keeps it,
-//! so it sees the old catalog or the new one, never a mix.
+//! The catalog: which model versions are served right now, and the one store
+//! that holds it. It is swapped as one snapshot (`ArcSwap`); each request
+//! loads the snapshot once and keeps it, so it sees the old catalog or the new
+//! one, never a mix. Writers (the lifecycle, model control, the canary
+//! controller) take the store's writer lock, so no two of them build a next
+//! catalog from the same current one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::error::ApiError;
-use crate::model::ModelVersion;
+use crate::serve::model::ModelVersion;
 
 /// One model's loaded versions and what failed.
 #[derive(Debug, Clone, Default)]
@@ -53,7 +56,7 @@ pub struct Catalog {
     /// Every model the sources list, loaded or not (for the repository index).
     pub known_models: Vec<String>,
     /// Endpoints and their variants; swapped together with the models.
-    pub routes: Arc<crate::routing::RouteTable>,
+    pub routes: Arc<crate::config::routes::RouteTable>,
     /// Why the route file's latest content was refused (the previous routes stay).
     pub routes_error: Option<String>,
 }
@@ -67,6 +70,50 @@ pub struct IndexRow {
     pub state: &'static str,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
+}
+
+/// The catalog in force, behind one writer lock.
+#[derive(Default)]
+pub struct CatalogStore {
+    current: arc_swap::ArcSwap<Catalog>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+/// Held while a writer builds and publishes the next catalog.
+pub struct CatalogWriter<'a> {
+    store: &'a CatalogStore,
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl CatalogStore {
+    pub fn new() -> Arc<Self> {
+        Arc::new(CatalogStore::default())
+    }
+
+    /// The current catalog; hold it for the whole request.
+    pub fn snapshot(&self) -> Arc<Catalog> {
+        self.current.load_full()
+    }
+
+    /// Waits for the writer lock (other writers finish first).
+    pub async fn writer(&self) -> CatalogWriter<'_> {
+        CatalogWriter {
+            store: self,
+            _lock: self.writer.lock().await,
+        }
+    }
+}
+
+impl CatalogWriter<'_> {
+    /// The catalog to build the next one from.
+    pub fn current(&self) -> Arc<Catalog> {
+        self.store.current.load_full()
+    }
+
+    /// Swaps `next` in: every later request sees it.
+    pub fn publish(&self, next: Catalog) {
+        self.store.current.store(Arc::new(next));
+    }
 }
 
 impl Catalog {
@@ -132,7 +179,10 @@ impl Catalog {
     }
 
     /// The loaded version a route target means (fixed version, alias, or default).
-    pub fn resolve(&self, target: &crate::routing::Target) -> Result<Arc<ModelVersion>, ApiError> {
+    pub fn resolve(
+        &self,
+        target: &crate::config::routes::Target,
+    ) -> Result<Arc<ModelVersion>, ApiError> {
         let version = match (&target.version, &target.alias) {
             (Some(v), _) => Some(v.to_string()),
             (None, Some(alias)) => {

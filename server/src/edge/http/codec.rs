@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use switchyard_runtimes::{DataType, Tensor, element_count};
 
 use crate::error::ApiError;
-use crate::infer::{InferRequest, InferResponse};
+use crate::serve::infer::{InferRequest, InferResponse};
 
 /// Header naming the length of the JSON part of a binary-extension body.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
@@ -203,7 +203,7 @@ pub fn decode_request(
             Some(names)
         }
     };
-    let (priority, timeout) = crate::infer::queue_parameters(
+    let (priority, timeout) = crate::serve::infer::queue_parameters(
         int_param(&parsed.parameters, "priority")?,
         int_param(&parsed.parameters, "timeout")?,
     )?;

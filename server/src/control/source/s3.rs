@@ -16,7 +16,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use super::{
     Listing, MODEL_FILES, Source, SourceError, VersionListing, content_key, write_atomically,
 };
-use crate::repository::valid_model_name;
+use crate::config::names::valid_model_name;
 
 pub struct S3Source {
     bucket: String,
@@ -24,7 +24,7 @@ pub struct S3Source {
     store: Arc<dyn ObjectStore>,
     cache_dir: PathBuf,
     /// Config files by key: (ETag, text), so unchanged configs are not re-read.
-    configs: Mutex<HashMap<String, (String, crate::config_file::ConfigText)>>,
+    configs: Mutex<HashMap<String, (String, crate::config::file::ConfigText)>>,
 }
 
 impl S3Source {
@@ -79,7 +79,7 @@ impl S3Source {
         key: &str,
         etag: &str,
         size: u64,
-    ) -> Result<crate::config_file::ConfigText, SourceError> {
+    ) -> Result<crate::config::file::ConfigText, SourceError> {
         if let Ok(cache) = self.configs.lock()
             && let Some((seen, text)) = cache.get(key)
             && seen == etag
@@ -87,10 +87,10 @@ impl S3Source {
             return Ok(text.clone());
         }
         // Known from the listing: a config over the bound is never downloaded.
-        if size > crate::config_file::MAX_CONFIG_BYTES as u64 {
+        if size > crate::config::file::MAX_CONFIG_BYTES as u64 {
             return Ok(Err(format!(
                 "the file is {size} bytes; config files may be at most {} bytes",
-                crate::config_file::MAX_CONFIG_BYTES
+                crate::config::file::MAX_CONFIG_BYTES
             )));
         }
         let bytes = self
@@ -101,7 +101,7 @@ impl S3Source {
             .bytes()
             .await
             .map_err(|e| self.unreachable(e))?;
-        let text = crate::config_file::config_text(&bytes);
+        let text = crate::config::file::config_text(&bytes);
         if let Ok(mut cache) = self.configs.lock() {
             cache.insert(key.to_owned(), (etag.to_owned(), text.clone()));
         }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::{Listing, MODEL_FILES, ModelListing, Source, SourceError, VersionListing};
-use crate::repository::valid_model_name;
+use crate::config::names::valid_model_name;
 
 #[derive(Debug, Clone)]
 pub struct LocalSource {
@@ -58,7 +58,7 @@ impl LocalSource {
         let mut listing = ModelListing::default();
         for name in ["config.yaml", "config.pbtxt"] {
             if listing.config.is_none() {
-                listing.config = match crate::config_file::read_config_file(&dir.join(name)) {
+                listing.config = match crate::config::file::read_config_file(&dir.join(name)) {
                     Ok(None) => None,
                     Ok(Some(text)) => Some((name.to_owned(), text)),
                     Err(err) => Some((name.to_owned(), Err(err.to_string()))),

@@ -1,0 +1,15 @@
+//! The config layer: what Switchyard reads to know what to serve, parsed into
+//! validated types (parse, don't validate) and nothing else. It depends on no
+//! other layer of the server.
+//!
+//! - `model`: per-model config (`config.yaml`) and its Triton mapping (`config.pbtxt`)
+//! - `pbtxt`: protobuf text format, as Triton writes it
+//! - `routes`: the route file (endpoints, variants, shadows, canary policies)
+//! - `file`: the size, encoding and nesting bounds every config file meets
+//! - `names`: which model and endpoint names are accepted
+
+pub mod file;
+pub mod model;
+pub mod names;
+pub mod pbtxt;
+pub mod routes;

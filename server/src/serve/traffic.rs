@@ -1,0 +1,214 @@
+//! Live traffic state for routed endpoints: per-variant outcome windows (what
+//! the canary controller in `control::canary` judges) and the bounded queue of
+//! shadow copies. Shadow work never delays or fails the primary
+//! request: copies are offered with `try_send`, dropped (and counted) when
+//! the queue is full, and their results are only recorded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use switchyard_runtimes::Tensor;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::serve::model::ModelVersion;
+
+/// Latency buckets: bucket `i` holds [1.2^i, 1.2^(i+1)) µs, up to ~2 minutes.
+const BUCKETS: usize = 104;
+
+/// Outcomes of one variant since the controller last looked.
+pub struct Window {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    buckets: [AtomicU64; BUCKETS],
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Window {
+    pub fn record(&self, ok: bool, latency: Duration) {
+        if ok {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+            let us = latency.as_secs_f64() * 1e6;
+            let bucket = if us <= 1.0 {
+                0
+            } else {
+                (us.ln() / 1.2f64.ln()) as usize
+            };
+            self.buckets[bucket.min(BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads and clears the window.
+    pub fn take(&self) -> WindowSnapshot {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.swap(0, Ordering::Relaxed))
+            .collect();
+        let ok = self.ok.swap(0, Ordering::Relaxed);
+        let failed = self.failed.swap(0, Ordering::Relaxed);
+        let total: u64 = counts.iter().sum();
+        let mut p99_ms = 0.0;
+        if total > 0 {
+            let rank = (total as f64 * 0.99).ceil() as u64;
+            let mut seen = 0;
+            for (i, count) in counts.iter().enumerate() {
+                seen += count;
+                if seen >= rank {
+                    // Upper edge of the bucket: never under-reports.
+                    p99_ms = 1.2f64.powi(i as i32 + 1) / 1000.0;
+                    break;
+                }
+            }
+        }
+        WindowSnapshot { ok, failed, p99_ms }
+    }
+}
+
+/// Outcome counts and a latency estimate for one variant over one interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct WindowSnapshot {
+    pub ok: u64,
+    pub failed: u64,
+    pub p99_ms: f64,
+}
+
+impl WindowSnapshot {
+    pub fn total(&self) -> u64 {
+        self.ok + self.failed
+    }
+
+    pub fn success_rate(&self) -> f64 {
+        if self.total() == 0 {
+            100.0
+        } else {
+            self.ok as f64 * 100.0 / self.total() as f64
+        }
+    }
+}
+
+/// A copy of a request for a shadow variant.
+pub struct ShadowJob {
+    pub endpoint: String,
+    pub model: Arc<ModelVersion>,
+    pub inputs: Vec<Tensor>,
+}
+
+pub struct Traffic {
+    windows: Mutex<HashMap<(String, String), Arc<Window>>>,
+    shadow: mpsc::Sender<ShadowJob>,
+    shadow_jobs: Mutex<Option<mpsc::Receiver<ShadowJob>>>,
+    metrics: Metrics,
+}
+
+/// Shadow copies waiting to run, across all endpoints.
+const SHADOW_QUEUE: usize = 256;
+/// Shadow copies running at once.
+const SHADOW_WORKERS: usize = 4;
+
+impl Traffic {
+    pub fn new(metrics: Metrics) -> Self {
+        let (shadow, jobs) = mpsc::channel(SHADOW_QUEUE);
+        Traffic {
+            windows: Mutex::new(HashMap::new()),
+            shadow,
+            shadow_jobs: Mutex::new(Some(jobs)),
+            metrics,
+        }
+    }
+
+    pub fn window(&self, endpoint: &str, variant: &str) -> Arc<Window> {
+        let Ok(mut windows) = self.windows.lock() else {
+            return Arc::new(Window::default());
+        };
+        windows
+            .entry((endpoint.to_owned(), variant.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// Records a routed request's outcome (for the canary and the metrics).
+    pub fn record(&self, endpoint: &str, variant: &str, ok: bool, latency: Duration) {
+        self.window(endpoint, variant).record(ok, latency);
+        self.metrics.observe_endpoint(
+            endpoint,
+            variant,
+            if ok { "success" } else { "failure" },
+            latency,
+        );
+    }
+
+    /// Offers a shadow copy; never waits.
+    pub fn offer_shadow(&self, job: ShadowJob) {
+        let endpoint = job.endpoint.clone();
+        if self.shadow.try_send(job).is_err() {
+            self.metrics.shadow_dropped(&endpoint);
+        }
+    }
+}
+
+/// Runs shadow copies until `cancel`; results are recorded, never returned.
+pub async fn run_shadow_workers(traffic: Arc<Traffic>, cancel: CancellationToken) {
+    let Some(jobs) = traffic.shadow_jobs.lock().ok().and_then(|mut j| j.take()) else {
+        return;
+    };
+    let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..SHADOW_WORKERS {
+        let jobs = jobs.clone();
+        let traffic = traffic.clone();
+        let cancel = cancel.clone();
+        workers.spawn(async move {
+            loop {
+                let job = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    job = async { jobs.lock().await.recv().await } => job,
+                };
+                let Some(job) = job else { break };
+                let started = Instant::now();
+                // Lowest priority: shadow work yields to real traffic on a shared model.
+                let priority = Some(job.model.config.queue.priority_levels);
+                let result = job.model.infer(job.inputs, priority, None).await;
+                traffic.record(&job.endpoint, "shadow", result.is_ok(), started.elapsed());
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_percentile_is_an_upper_bound_within_20_percent() {
+        let w = Window::default();
+        for i in 1..=1000u64 {
+            w.record(true, Duration::from_micros(i * 10));
+        }
+        w.record(false, Duration::ZERO);
+        let s = w.take();
+        assert_eq!((s.ok, s.failed), (1000, 1));
+        assert!(s.p99_ms >= 9.9 && s.p99_ms <= 9.9 * 1.2, "{}", s.p99_ms);
+        assert_eq!(
+            w.take(),
+            WindowSnapshot::default(),
+            "taking clears the window"
+        );
+    }
+}
