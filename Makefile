@@ -136,15 +136,18 @@ bench-gpu-build: setup libtorch
 	strip -o target/gpu-bundle/switchyard target/release/switchyard
 	strip -o target/gpu-bundle/switchyard-load target/release/switchyard-load
 
-## Formatting, lints (both builds, and a stable check of the fuzz crate), the
-## dependency rule (runtimes never pulls in a web server), and the Kubernetes
-## manifests (yamllint, kustomize, kubernetes-validate 1.29).
+## Formatting, lints (both builds, and a stable check of the fuzz crate), no
+## unused dependency (cargo-machete), the dependency rules (runtimes never
+## pulls in a web server; the server's layers, scripts/check-layers.py), and
+## the Kubernetes manifests (yamllint, kustomize, kubernetes-validate 1.29).
 lint: venv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	scripts/fetch-libtorch.sh >/dev/null
 	$(CARGO) clippy --locked $(TORCH_CRATES) --all-targets --features torch -- -D warnings
 	$(CARGO) check --locked --manifest-path fuzz/Cargo.toml --target-dir target
+	$(CARGO) machete --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-machete@0.9.2
+	$(CARGO) machete
 	scripts/check-dependency-direction.sh
 	PY=$(PY) scripts/check-k8s.sh
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # proto <- runtimes <- server: runtimes and proto never pull in a web server
 # (axum, tower-http) or tonic's server side; the remote runtime is a client only.
+# Inside server/src, scripts/check-layers.py checks the layers' rules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
@@ -16,4 +17,6 @@ for crate in switchyard-runtimes switchyard-proto; do
     status=1
   fi
 done
+# Inside the server: layers as folders, imports one way, no folder cycle.
+python3 scripts/check-layers.py || status=1
 exit $status
