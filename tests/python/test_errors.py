@@ -216,3 +216,42 @@ def test_still_serving_after_errors(server, small_limits_server):
         assert len(response.json()["outputs"][0]["data"]) == 10
         reply = grpc_call(s, raw_request())
         assert len(reply.raw_output_contents[0]) == 40
+
+
+def test_model_control_refuses_unknown_parameters_alike_on_both_protocols(tmp_path):
+    """One rule for both edges: `unload_dependents` is taken, anything else refused."""
+    import shutil
+
+    import tritonclient.http as httpclient
+
+    from conftest import MODELS, Server
+
+    for model in ("mlp", "iris"):
+        shutil.copytree(MODELS / model, tmp_path / model)
+    server = Server("--enable-model-control", repository=tmp_path)
+    try:
+        response = post(server, "/v2/repository/models/iris/unload", {"parameters": {"bogus": True}})
+        assert_error(response, 400, "parameter `bogus` is not supported")
+        request = service_pb2.RepositoryModelUnloadRequest(model_name="iris")
+        request.parameters["bogus"].bool_param = True
+        with grpc.insecure_channel(server.grpc) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.RepositoryModelUnload(request, timeout=10)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "parameter `bogus` is not supported" in raised.value.details()
+            load = service_pb2.RepositoryModelLoadRequest(model_name="iris")
+            load.parameters["config"].string_param = "{}"
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.RepositoryModelLoad(load, timeout=10)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # Still loaded: the refused calls changed nothing.
+        assert grpcclient.InferenceServerClient(server.grpc).is_model_ready("iris")
+        # What tritonclient sends is taken on both.
+        grpcclient.InferenceServerClient(server.grpc).unload_model("iris", unload_dependents=True)
+        assert not httpclient.InferenceServerClient(server.http).is_model_ready("iris")
+        grpcclient.InferenceServerClient(server.grpc).load_model("iris")
+        httpclient.InferenceServerClient(server.http).unload_model("iris", unload_dependents=True)
+        assert not httpclient.InferenceServerClient(server.http).is_model_ready("iris")
+    finally:
+        assert server.stop() == 0

@@ -37,11 +37,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use switchyard_runtimes::Tensor;
+use switchyard_runtimes::{Signature, Tensor};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::config::model::{BatchingConfig, QueuePolicy, TimeoutAction};
+use crate::config::model::{BatchingConfig, ModelConfig, QueuePolicy, TimeoutAction};
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::{ModelMetrics, Rejection};
 pub use batch::{Batch, ComputeTable};
@@ -81,6 +81,59 @@ pub struct BatcherSettings {
     pub input_names: Vec<String>,
     /// (output name, dim, index into `input_names`) for padded outputs to cut.
     pub cut_outputs: Vec<(String, usize, usize)>,
+}
+
+impl BatcherSettings {
+    /// The settings a model version's config and signature give.
+    pub fn for_model(
+        name: &str,
+        version: u64,
+        config: &ModelConfig,
+        signature: &Signature,
+        instances: usize,
+    ) -> Self {
+        let input_names: Vec<String> = signature.inputs.iter().map(|s| s.name.clone()).collect();
+        let cut_outputs = config
+            .dynamic_batching
+            .as_ref()
+            .map(|b| {
+                b.padding
+                    .outputs
+                    .iter()
+                    .filter_map(|(output, cut)| {
+                        // The length to keep is the request's own size of that input's padded dim.
+                        let index = input_names.iter().position(|n| *n == cut.length_of)?;
+                        Some((output.clone(), cut.dim, index))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        BatcherSettings {
+            model: name.to_owned(),
+            version,
+            queue: config.queue.clone(),
+            batching: config.dynamic_batching.clone(),
+            max_batch_size: (config.max_batch_size as usize).max(1),
+            instances,
+            input_names,
+            cut_outputs,
+        }
+    }
+}
+
+/// The batch sizes a model will run (for warm-up): 1, its preferred sizes
+/// and its maximum when it batches.
+pub fn batch_sizes_in_use(config: &ModelConfig) -> Vec<usize> {
+    let mut sizes = vec![1usize];
+    if config.max_batch_size > 0 {
+        if let Some(batching) = &config.dynamic_batching {
+            sizes.extend(batching.preferred_batch_sizes.iter().map(|&p| p as usize));
+        }
+        sizes.push(config.max_batch_size as usize);
+    }
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
 }
 
 /// The request side: cheap to clone, shared by every request of the version.

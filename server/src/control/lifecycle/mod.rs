@@ -17,9 +17,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::{info, warn};
+
+mod tracked;
+
+use tracked::{StepRules, Tracked, VersionStep};
 
 use crate::config::model::{ConfigDefaults, ModelConfig, from_triton};
 use crate::control::source::{ModelListing, Source, VersionListing};
@@ -27,31 +31,6 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::serve::catalog::{Catalog, ModelEntry};
 use crate::serve::model::ModelVersion;
-
-/// First retry delay after a failure; doubles up to `MAX_BACKOFF`.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-#[derive(Debug, Clone)]
-struct Failure {
-    fingerprint: String,
-    reason: String,
-    attempts: u32,
-    retry_at: Instant,
-}
-
-/// What the reconciler remembers about a model between runs.
-#[derive(Debug, Default)]
-struct Tracked {
-    /// Fingerprint of each loaded version.
-    loaded: BTreeMap<u64, String>,
-    /// The config text the loaded versions were built with.
-    config: Option<(String, crate::config::file::ConfigText)>,
-    failures: BTreeMap<u64, Failure>,
-    config_failure: Option<Failure>,
-    /// Versions seen once with this fingerprint, waiting to be seen unchanged again.
-    settling: BTreeMap<u64, String>,
-}
 
 pub struct Lifecycle {
     sources: Vec<Box<dyn Source>>,
@@ -172,8 +151,7 @@ impl Lifecycle {
         self.unloaded.remove(model);
         if let Some(tracked) = self.tracked.get_mut(model) {
             // An explicit load retries at once.
-            tracked.failures.clear();
-            tracked.config_failure = None;
+            tracked.clear_failures();
         }
     }
 
@@ -277,16 +255,15 @@ impl Lifecycle {
                 continue;
             }
             let forced = only == Some(model.as_str());
-            let entry = self
-                .reconcile_model(
-                    &model,
-                    source_index,
-                    &listing,
-                    current.models.get(&model),
-                    initial || forced,
-                    now,
-                )
-                .await;
+            let pass = ModelPass {
+                model: &model,
+                source_index,
+                listing: &listing,
+                current: current.models.get(&model),
+                eager: initial || forced,
+                now,
+            };
+            let entry = self.reconcile_model(pass).await;
             let Some(mut entry) = entry else { continue };
             entry.source = Some(source_index);
             for (version, loaded) in &entry.versions {
@@ -331,49 +308,34 @@ impl Lifecycle {
         (next, outcome)
     }
 
-    async fn reconcile_model(
-        &mut self,
-        model: &str,
-        source_index: usize,
-        listing: &ModelListing,
-        current: Option<&ModelEntry>,
-        eager: bool,
-        now: Instant,
-    ) -> Option<ModelEntry> {
+    /// One model's pass: parse its config, decide each desired version's
+    /// step, load what must load, and return the entry to serve.
+    async fn reconcile_model(&mut self, pass: ModelPass<'_>) -> Option<ModelEntry> {
+        let ModelPass {
+            model,
+            source_index,
+            listing,
+            current,
+            eager,
+            now,
+        } = pass;
         let tracked = self.tracked.entry(model.to_owned()).or_default();
-        let config_changed = tracked.config != listing.config;
+        let config_changed = tracked.config_changed(&listing.config);
         if config_changed {
-            tracked.config_failure = None;
+            tracked.clear_config_failure();
         }
         let previous_versions = current.map(|e| e.versions.clone()).unwrap_or_default();
-
-        let parsed = if let Some(failure) = tracked
-            .config_failure
-            .as_ref()
-            .filter(|f| !eager && f.retry_at > now)
-        {
-            Err(failure.reason.clone())
-        } else {
-            self.parse_config(model, &listing.config)
+        let parsed = match tracked.config_backing_off(eager, now) {
+            Some(reason) => Err(reason),
+            None => self.parse_config(model, &listing.config),
         };
-        let tracked = self.tracked.entry(model.to_owned()).or_default();
         let (config, warnings) = match parsed {
             Ok(parsed) => parsed,
             Err(reason) => {
-                let attempts = tracked.config_failure.as_ref().map_or(0, |f| f.attempts) + 1;
-                if tracked
-                    .config_failure
-                    .as_ref()
-                    .is_none_or(|f| f.reason != reason)
-                {
+                let tracked = self.tracked.entry(model.to_owned()).or_default();
+                if tracked.config_failed(&reason, now) {
                     warn!(model, %reason, "Model configuration is invalid; serving versions stay.");
                 }
-                tracked.config_failure = Some(Failure {
-                    fingerprint: String::new(),
-                    reason: reason.clone(),
-                    attempts,
-                    retry_at: now + backoff(attempts),
-                });
                 let mut entry = current.cloned().unwrap_or_default();
                 entry.error = Some(reason);
                 return Some(entry);
@@ -385,25 +347,18 @@ impl Lifecycle {
             }
         }
 
-        // A remote model has no files: one version, identified by its config.
-        let remote_versions;
-        let listed_versions = if config.platform == crate::config::model::Platform::Remote {
-            let fingerprint = crate::control::source::content_key(&[listing
-                .config
-                .as_ref()
-                .and_then(|(_, t)| t.as_deref().ok())
-                .unwrap_or_default()]);
-            remote_versions = BTreeMap::from([(1u64, VersionListing { fingerprint })]);
-            &remote_versions
-        } else {
-            &listing.versions
-        };
+        let listed_versions = listed_versions(&config, listing);
         let present: Vec<u64> = listed_versions.keys().copied().collect();
         let desired: Vec<u64> = match listing.pinned {
             Some(v) => vec![v],
             None => config.version_policy.select(&present),
         };
-        let needs_settling = self.sources[source_index].needs_settling() && !eager;
+        let rules = StepRules {
+            config_changed,
+            eager,
+            needs_settling: self.sources[source_index].needs_settling() && !eager,
+            now,
+        };
         let mut versions: BTreeMap<u64, Arc<ModelVersion>> = BTreeMap::new();
         let mut failed: BTreeMap<u64, String> = BTreeMap::new();
         let mut waiting = false;
@@ -418,94 +373,65 @@ impl Lifecycle {
                 );
                 continue;
             };
+            let serving = previous_versions.get(version);
             let tracked = self.tracked.entry(model.to_owned()).or_default();
-            let unchanged =
-                tracked.loaded.get(version) == Some(&listed.fingerprint) && !config_changed;
-            if unchanged && let Some(serving) = previous_versions.get(version) {
-                versions.insert(*version, serving.clone());
-                continue;
-            }
-            if let Some(failure) = tracked.failures.get(version)
-                && failure.fingerprint == listed.fingerprint
-                && !config_changed
-                && !eager
-                && failure.retry_at > now
-            {
-                failed.insert(*version, failure.reason.clone());
-                continue;
-            }
-            if needs_settling && tracked.settling.get(version) != Some(&listed.fingerprint) {
-                // First sighting of this content: wait for the next scan to confirm it is complete.
-                tracked
-                    .settling
-                    .insert(*version, listed.fingerprint.clone());
-                waiting = true;
-                if let Some(serving) = previous_versions.get(version) {
-                    versions.insert(*version, serving.clone());
+            match tracked.step(*version, &listed.fingerprint, serving.is_some(), rules) {
+                VersionStep::Keep => {
+                    if let Some(serving) = serving {
+                        versions.insert(*version, serving.clone());
+                    }
                 }
-                continue;
-            }
-            match self
-                .load_version(model, *version, source_index, listed, &config)
-                .await
-            {
-                Ok(loaded) => {
-                    let tracked = self.tracked.entry(model.to_owned()).or_default();
-                    tracked.loaded.insert(*version, listed.fingerprint.clone());
-                    tracked.failures.remove(version);
-                    tracked.settling.remove(version);
-                    versions.insert(*version, loaded);
-                }
-                Err(reason) => {
-                    let tracked = self.tracked.entry(model.to_owned()).or_default();
-                    tracked.settling.remove(version);
-                    let attempts = tracked
-                        .failures
-                        .get(version)
-                        .filter(|f| f.fingerprint == listed.fingerprint)
-                        .map_or(0, |f| f.attempts)
-                        + 1;
-                    warn!(model, version, attempts, %reason, "Model version failed to load; serving versions stay.");
-                    tracked.failures.insert(
-                        *version,
-                        Failure {
-                            fingerprint: listed.fingerprint.clone(),
-                            reason: reason.clone(),
-                            attempts,
-                            retry_at: now + backoff(attempts),
-                        },
-                    );
+                VersionStep::StillFailing(reason) => {
                     failed.insert(*version, reason);
+                }
+                VersionStep::Settle => {
+                    // Wait for the next scan to confirm the file is complete.
+                    waiting = true;
+                    if let Some(serving) = serving {
+                        versions.insert(*version, serving.clone());
+                    }
+                }
+                VersionStep::Load => {
+                    let loaded = self
+                        .load_version(model, *version, source_index, listed, &config)
+                        .await;
+                    let tracked = self.tracked.entry(model.to_owned()).or_default();
+                    match loaded {
+                        Ok(loaded) => {
+                            tracked.loaded(*version, &listed.fingerprint);
+                            versions.insert(*version, loaded);
+                        }
+                        Err(reason) => {
+                            let attempts =
+                                tracked.load_failed(*version, &listed.fingerprint, &reason, now);
+                            warn!(model, version, attempts, %reason, "Model version failed to load; serving versions stay.");
+                            failed.insert(*version, reason);
+                        }
+                    }
                 }
             }
         }
         let tracked = self.tracked.entry(model.to_owned()).or_default();
-        tracked.config = listing.config.clone();
-        tracked.loaded.retain(|v, _| versions.contains_key(v));
+        tracked.finish(&listing.config, |v| versions.contains_key(&v));
         // Never leave a model with nothing while its replacement is not ready.
         if versions.is_empty() && !previous_versions.is_empty() {
             versions = previous_versions;
             for v in versions.keys() {
-                if let Some(fp) = current.and_then(|_| listing.versions.get(v)) {
-                    tracked
-                        .loaded
-                        .entry(*v)
-                        .or_insert_with(|| fp.fingerprint.clone());
+                if let Some(listed) = current.and_then(|_| listing.versions.get(v)) {
+                    tracked.keep_loaded(*v, &listed.fingerprint);
                 }
             }
         }
         let default_version = listing.pinned.filter(|v| versions.contains_key(v));
-        let error = if versions.is_empty() && failed.is_empty() {
-            if waiting {
-                Some("waiting for the model file to finish copying".to_owned())
-            } else if desired.is_empty() {
-                Some(format!(
-                    "no version matches the version policy {:?} (present: {present:?})",
-                    config.version_policy
-                ))
-            } else {
-                None
-            }
+        let error = if !versions.is_empty() || !failed.is_empty() {
+            None
+        } else if waiting {
+            Some("waiting for the model file to finish copying".to_owned())
+        } else if desired.is_empty() {
+            Some(format!(
+                "no version matches the version policy {:?} (present: {present:?})",
+                config.version_policy
+            ))
         } else {
             None
         };
@@ -553,12 +479,6 @@ impl Lifecycle {
     }
 }
 
-fn backoff(attempts: u32) -> Duration {
-    FIRST_BACKOFF
-        .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(16)))
-        .min(MAX_BACKOFF)
-}
-
 /// Load results as an API answer for an explicit load of `model`.
 pub fn load_result(catalog: &Catalog, model: &str) -> Result<(), ApiError> {
     match catalog.models.get(model) {
@@ -575,15 +495,32 @@ pub fn load_result(catalog: &Catalog, model: &str) -> Result<(), ApiError> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What one model's pass works on.
+struct ModelPass<'a> {
+    model: &'a str,
+    source_index: usize,
+    listing: &'a ModelListing,
+    current: Option<&'a ModelEntry>,
+    /// Start-up or an explicit load: no backoff, no settling.
+    eager: bool,
+    now: Instant,
+}
 
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(4), Duration::from_secs(8));
-        assert_eq!(backoff(40), MAX_BACKOFF);
+/// The versions a listing offers. A remote model has no files: one version,
+/// identified by its config.
+fn listed_versions<'a>(
+    config: &ModelConfig,
+    listing: &'a ModelListing,
+) -> std::borrow::Cow<'a, BTreeMap<u64, VersionListing>> {
+    if config.platform == crate::config::model::Platform::Remote {
+        let text = listing
+            .config
+            .as_ref()
+            .and_then(|(_, t)| t.as_deref().ok())
+            .unwrap_or_default();
+        let fingerprint = crate::control::source::content_key(&[text]);
+        std::borrow::Cow::Owned(BTreeMap::from([(1u64, VersionListing { fingerprint })]))
+    } else {
+        std::borrow::Cow::Borrowed(&listing.versions)
     }
 }

@@ -1,0 +1,230 @@
+//! A loaded model version: its validated config and signature, its batcher
+//! (queue, priorities, deadlines, batch forming; see `batcher`), and the
+//! worker threads that own its runtime instances. Runtimes never run on the
+//! async reactor. Dropping the last handle closes the queue; workers finish
+//! what was queued and exit, which frees the runtime's memory.
+//!
+//! `worker`: the worker loop and the failure breaker; `warmup`: synthetic
+//! inputs and the warm-up run at every batch size in use.
+
+mod warmup;
+mod worker;
+
+pub use warmup::synthetic_inputs;
+use warmup::warm_up;
+pub use worker::Breaker;
+use worker::worker;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use switchyard_runtimes::onnx::OnnxRuntime;
+use switchyard_runtimes::remote::{RemoteOptions, RemoteRuntime, UpstreamPool};
+use switchyard_runtimes::{Runtime, Signature, Tensor};
+use tracing::info;
+
+use crate::config::model::{ModelConfig, Platform};
+use crate::error::ApiError;
+use crate::metrics::{Metrics, ModelMetrics};
+use crate::serve::batcher::{self, BatcherHandle, BatcherSettings, Submission};
+
+/// File name of the model inside a version folder, per platform.
+pub fn model_file_name(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Onnx => "model.onnx",
+        Platform::Torch => "model.pt",
+        // Nothing on disk: the model lives on its upstreams.
+        Platform::Remote => "",
+    }
+}
+
+/// Loads a version's `instance_count` runtime instances, one per worker.
+pub fn load_runtimes(
+    name: &str,
+    version_dir: &Path,
+    config: &ModelConfig,
+) -> Result<Vec<Box<dyn Runtime>>, String> {
+    let mut runtimes: Vec<Box<dyn Runtime>> = Vec::with_capacity(config.instance_count);
+    match (config.platform, &config.remote) {
+        (Platform::Remote, Some(remote)) => {
+            let options = RemoteOptions {
+                upstreams: remote.upstreams.clone(),
+                model: remote.model.clone().unwrap_or_else(|| name.to_owned()),
+                version: remote.version.clone(),
+                timeout: remote.timeout,
+                connect_timeout: remote.connect_timeout,
+                retries: remote.retries,
+                retry_budget: remote.retry_budget,
+                eject_after: remote.eject_after,
+                probe_interval: remote.probe_interval,
+            };
+            let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+                "a remote model must be loaded inside the server's runtime".to_owned()
+            })?;
+            let pool = UpstreamPool::new(options, handle).map_err(|e| e.to_string())?;
+            let first = RemoteRuntime::connect(pool).map_err(|e| e.to_string())?;
+            for _ in 1..config.instance_count {
+                runtimes.push(Box::new(first.instance()));
+            }
+            runtimes.push(Box::new(first));
+        }
+        (platform, _) => {
+            let file = version_dir.join(model_file_name(platform));
+            if !file.is_file() {
+                return Err(format!("{} is missing", file.display()));
+            }
+            for index in 0..config.instance_count {
+                let runtime: Box<dyn Runtime> = match (platform, &config.torch) {
+                    (Platform::Torch, Some(torch)) => switchyard_runtimes::torch::load(
+                        &file,
+                        &config.signature_declared(),
+                        &torch.instance(index),
+                    )
+                    .map_err(|err| err.to_string())?,
+                    _ => Box::new(
+                        OnnxRuntime::load(&file, &config.onnx).map_err(|err| err.to_string())?,
+                    ),
+                };
+                runtimes.push(runtime);
+            }
+        }
+    }
+    Ok(runtimes)
+}
+
+/// A served model version. Cheap to share (`Arc`); the runtime lives on its workers.
+pub struct ModelVersion {
+    pub name: String,
+    pub version: u64,
+    pub config: ModelConfig,
+    pub signature: Signature,
+    batcher: BatcherHandle,
+    /// For runtimes that can become unreachable (remote upstreams).
+    health: Option<Arc<dyn switchyard_runtimes::Health>>,
+    breaker: Arc<Breaker>,
+}
+
+impl std::fmt::Debug for ModelVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelVersion")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelVersion {
+    /// Loads `instance_count` runtimes from `version_dir`, starts a worker
+    /// thread for each and the batcher. Blocking: call from a blocking context
+    /// inside the tokio runtime (the batcher is a task).
+    pub fn load(
+        name: &str,
+        version: u64,
+        version_dir: &Path,
+        config: &ModelConfig,
+        metrics: &Metrics,
+    ) -> Result<Arc<Self>, String> {
+        let started = Instant::now();
+        let mut runtimes = load_runtimes(name, version_dir, config)?;
+        let health = runtimes.first().and_then(|rt| rt.health());
+        let runtime_health = health.clone();
+        let model_signature = runtimes
+            .first()
+            .map(|rt| rt.signature().clone())
+            .unwrap_or_default();
+        let signature = config.resolve_signature(&model_signature)?;
+        if config.warmup {
+            warm_up(&mut runtimes, &signature, config)?;
+        }
+        let model_metrics = metrics.for_model(name, version);
+        let breaker = Arc::new(Breaker::new(
+            config.unhealthy_after_failures,
+            config.unhealthy_cooldown,
+        ));
+        let batcher = Self::start(
+            name,
+            version,
+            config,
+            &signature,
+            runtimes,
+            &model_metrics,
+            &breaker,
+        )?;
+        info!(
+            model = name,
+            version,
+            instances = config.instance_count,
+            batching = config.dynamic_batching.is_some(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Model version loaded."
+        );
+        Ok(Arc::new(ModelVersion {
+            name: name.to_owned(),
+            version,
+            config: config.clone(),
+            signature,
+            batcher,
+            health: runtime_health,
+            breaker,
+        }))
+    }
+
+    /// Starts the batcher and one worker thread per runtime instance.
+    pub fn start(
+        name: &str,
+        version: u64,
+        config: &ModelConfig,
+        signature: &Signature,
+        runtimes: Vec<Box<dyn Runtime>>,
+        metrics: &ModelMetrics,
+        breaker: &Arc<Breaker>,
+    ) -> Result<BatcherHandle, String> {
+        let settings = BatcherSettings::for_model(name, version, config, signature, runtimes.len());
+        let (handle, batches) = batcher::spawn(settings, metrics.clone());
+        let batches = Arc::new(Mutex::new(batches));
+        for (index, runtime) in runtimes.into_iter().enumerate() {
+            let batches = batches.clone();
+            let metrics = metrics.clone();
+            let breaker = breaker.clone();
+            let label = format!("{name}:{version}#{index}");
+            // Not joined: the thread ends by itself once the batcher closes the channel.
+            std::thread::Builder::new()
+                .name(format!("sy-{name}-{version}-{index}"))
+                .spawn(move || worker(label, runtime, batches, metrics, breaker))
+                .map_err(|err| format!("starting a worker thread: {err}"))?;
+        }
+        Ok(handle)
+    }
+
+    /// Queues one request and waits for its outputs.
+    pub async fn infer(
+        &self,
+        inputs: Vec<Tensor>,
+        priority: Option<u32>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Tensor>, ApiError> {
+        self.batcher
+            .submit(Submission {
+                inputs,
+                priority,
+                timeout,
+            })
+            .await
+    }
+
+    /// Why the version cannot serve right now, if it cannot (a remote upstream
+    /// is down, or its batches keep failing).
+    pub fn unhealthy(&self) -> Option<String> {
+        self.health
+            .as_ref()
+            .filter(|h| !h.is_healthy())
+            .map(|h| h.reason())
+            .or_else(|| self.breaker.reason())
+    }
+
+    /// Requests waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.batcher.queue_depth()
+    }
+}
