@@ -38,6 +38,7 @@ run: setup build-release
 
 ## Run the whole test suite: Rust unit and integration tests, then real-client Python tests.
 test: setup $(SERVICES_VENV)/.installed $(MLSERVER_VENV)/.installed
+	scripts/ensure-chromium.sh
 	$(CARGO) build --locked --workspace --all-targets
 	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
 	$(MAKE) rust-test python-test

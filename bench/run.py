@@ -10,8 +10,10 @@ Measures, for the `mlp` model (batch-1 requests):
 The server under test is pinned to one core and the load generator to another
 (`taskset`). Besides throughput and latency it reports server CPU-seconds per
 request (from /proc), the figure that stays comparable on a noisy machine, and
-the ratios Switchyard ÷ peer and Switchyard ÷ raw. Prints a markdown table and
-writes bench/out/results.json.
+the ratios Switchyard ÷ peer and Switchyard ÷ raw, and the protocol floor
+(Switchyard's health endpoints, no model). Prints a markdown table, writes
+bench/out/results.json and draws bench/out/report.html (`switchyard-load
+bench-report`; with --svg-dir, the same charts as SVG files).
 
 Usage: make bench  (or: python3 bench/run.py --help)
 """
@@ -214,11 +216,13 @@ class Row:
     error_kinds: dict = field(default_factory=dict)
 
 
-def drive(server: Server, protocol: str, concurrency: int, duration: str, core: int, input_file: Path) -> Row:
-    addr = f"127.0.0.1:{server.grpc_port if protocol == 'grpc' else server.http_port}"
+def drive(server: Server, protocol: str, concurrency: int, duration: str, core: int, input_file: Path | None) -> Row:
+    addr = f"127.0.0.1:{server.grpc_port if protocol.startswith('grpc') else server.http_port}"
     cmd = ["taskset", "-c", str(core), str(RELEASE / "switchyard-load"), "--addr", addr,
            "--protocol", protocol, "--model", "mlp", "--concurrency", str(concurrency),
-           "--duration", duration, "--warmup", "1s", "--input-file", str(input_file), "--json"]
+           "--duration", duration, "--warmup", "1s", "--json"]
+    if input_file is not None:
+        cmd += ["--input-file", str(input_file)]
     before = tree_cpu_seconds(server.process.pid)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     after = tree_cpu_seconds(server.process.pid)
@@ -293,6 +297,9 @@ def main() -> int:
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
     parser.add_argument("--switchyard-args", default="", help="extra flags for switchyard")
+    parser.add_argument("--svg-dir", default="", help="also write the report's charts here (e.g. docs/bench)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the protocol floor (health endpoints) rows")
     parser.add_argument("--batching", choices=["off", "on", "both"], default="both",
                         help="Switchyard without and/or with dynamic batching (max 128, 500 µs)")
     args = parser.parse_args()
@@ -327,11 +334,34 @@ def main() -> int:
         finally:
             server.stop()
 
+    # The protocol floor: Switchyard's health endpoints, no model (what HTTP and
+    # gRPC cost on this machine, for the charts' reference lines).
+    floor: list[Row] = []
+    if args.floor:
+        print("== floor (health endpoints)", file=sys.stderr)
+        server = start_switchyard(args.server_core, extra)
+        try:
+            for protocol in ("http-live", "grpc-live"):
+                for concurrency in concurrencies:
+                    row = drive(server, protocol, concurrency, args.duration, args.client_core, None)
+                    row.server = "floor"
+                    floor.append(row)
+        finally:
+            server.stop()
+
     table = markdown(rows, raw)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps({"raw": raw, "rows": [asdict(r) for r in rows]}, indent=1))
+    results = OUT / "results.json"
+    results.write_text(json.dumps({"raw": raw, "rows": [asdict(r) for r in rows],
+                                   "floor": [asdict(r) for r in floor]}, indent=1))
     (OUT / "results.md").write_text(table + "\n")
     print(table)
+    # Charts: one page beside the results, and SVGs for docs/BENCHMARKS.md.
+    report = [str(RELEASE / "switchyard-load"), "bench-report", "--input", str(results),
+              "--html", str(OUT / "report.html")]
+    if args.svg_dir:
+        report += ["--svg-dir", args.svg_dir]
+    subprocess.run(report, check=True)
     return 0
 
 

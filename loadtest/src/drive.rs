@@ -58,6 +58,8 @@ struct Shared {
     claimed: AtomicU64,
     done: AtomicU64,
     progress: Option<Progress>,
+    /// The run's per-second outcomes, shared by every worker's recorder.
+    timeline: crate::stats::Timeline,
 }
 
 impl Shared {
@@ -72,6 +74,7 @@ impl Shared {
             claimed: AtomicU64::new(0),
             done: AtomicU64::new(0),
             progress,
+            timeline: crate::stats::Timeline::default(),
         }
     }
 
@@ -132,7 +135,7 @@ pub async fn closed_loop<T: Target>(
         let target = target.clone();
         let shared = shared.clone();
         workers.push(tokio::spawn(async move {
-            let mut recorder = Recorder::default();
+            let mut recorder = Recorder::sharing(&shared.timeline);
             loop {
                 let sent = Instant::now();
                 match shared.claim(sent) {
@@ -149,7 +152,7 @@ pub async fn closed_loop<T: Target>(
             recorder
         }));
     }
-    let mut recorder = Recorder::default();
+    let mut recorder = Recorder::sharing(&shared.timeline);
     for worker in workers {
         if let Ok(part) = worker.await {
             recorder.merge(&part);

@@ -3,6 +3,8 @@
 //! reports HDR latency percentiles, throughput over time and client CPU.
 //! Depends on `switchyard-proto` only, never on the server.
 
+pub mod bench_report;
+pub mod chart;
 pub mod client;
 pub mod cpu;
 pub mod drive;

@@ -1,9 +1,10 @@
 //! Human-readable and HTML reports of a `Summary`. The HTML report is one
-//! self-contained file with inline SVG charts (no scripts, no network).
+//! self-contained file with inline SVG charts (`chart`; no scripts, no network).
 
 use std::fmt::Write as _;
 
-use crate::stats::Summary;
+use crate::chart::{Chart, Series, XAxis, YAxis};
+use crate::stats::{Summary, TimelinePoint};
 
 pub fn text(summary: &Summary, label: &str) -> String {
     let l = &summary.latency_ms;
@@ -44,141 +45,105 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// One line of a chart: name, colour, (x, y) points.
-type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+/// Per-second counts as rates: a last, partial second is scaled by the part
+/// of it that was measured (left out when under a fifth of a second, where
+/// scaling would only amplify noise).
+pub fn per_second(summary: &Summary, count: impl Fn(&TimelinePoint) -> u64) -> Vec<(f64, f64)> {
+    summary
+        .timeline
+        .iter()
+        .filter_map(|p| {
+            let covered = (summary.elapsed_s - p.second as f64).clamp(0.0, 1.0);
+            if covered < 0.2 {
+                return None;
+            }
+            Some((p.second as f64 + covered / 2.0, count(p) as f64 / covered))
+        })
+        .collect()
+}
 
-/// A line chart of `series` over a shared x axis.
-fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series<'_>]) -> String {
-    let (w, h, left, bottom, top, right) = (720.0, 300.0, 70.0, 40.0, 30.0, 20.0);
-    let points = series.iter().flat_map(|(_, _, p)| p.iter());
-    let (mut x_max, mut y_max) = (0f64, 0f64);
-    for &(x, y) in points {
-        x_max = x_max.max(x);
-        y_max = y_max.max(y);
+/// A quantile as "nines": 0.99 → 2, 0.999 → 3; the maximum sits at 5.
+fn nines(q: f64) -> f64 {
+    if q >= 1.0 {
+        5.0
+    } else {
+        (-(1.0 - q).log10()).clamp(0.0, 5.0)
     }
-    let x_max = if x_max > 0.0 { x_max } else { 1.0 };
-    let y_max = if y_max > 0.0 { y_max * 1.1 } else { 1.0 };
-    let sx = |x: f64| left + (x / x_max) * (w - left - right);
-    let sy = |y: f64| h - bottom - (y / y_max) * (h - bottom - top);
-    let mut svg = format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">
-<text x="{left}" y="18" font-size="13" font-weight="bold">{}</text>
-<line x1="{left}" y1="{b}" x2="{r}" y2="{b}" stroke="#333"/><line x1="{left}" y1="{top}" x2="{left}" y2="{b}" stroke="#333"/>
-<text x="{cx}" y="{lx}" text-anchor="middle">{}</text>
-<text x="14" y="{cy}" text-anchor="middle" transform="rotate(-90 14 {cy})">{}</text>
-"##,
-        escape(title),
-        escape(x_label),
-        escape(y_label),
-        b = h - bottom,
-        r = w - right,
-        cx = (left + w - right) / 2.0,
-        lx = h - 6.0,
-        cy = (top + h - bottom) / 2.0,
-    );
-    for i in 0..=4 {
-        let y = y_max * i as f64 / 4.0;
-        let _ = writeln!(
-            svg,
-            r##"<text x="{}" y="{}" text-anchor="end">{:.3}</text><line x1="{left}" y1="{2}" x2="{}" y2="{2}" stroke="#eee"/>"##,
-            left - 4.0,
-            sy(y) + 4.0,
-            sy(y),
-            w - right,
-        );
-        let _ = y;
-    }
-    for i in 0..=4 {
-        let x = x_max * i as f64 / 4.0;
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="middle">{:.4}</text>"#,
-            sx(x),
-            h - bottom + 14.0,
-            x
-        );
-    }
-    for (n, (name, colour, pts)) in series.iter().enumerate() {
-        let path: Vec<String> = pts
+}
+
+/// The report's three charts, as SVG.
+pub fn charts(summary: &Summary) -> [String; 3] {
+    let seconds = |f: fn(&TimelinePoint) -> f64| -> Vec<(f64, f64)> {
+        summary
+            .timeline
             .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-            .collect();
-        let _ = writeln!(
-            svg,
-            r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/><text x="{}" y="{}" fill="{colour}">{}</text>"#,
-            path.join(" "),
-            w - right - 120.0,
-            top + 14.0 * (n as f64 + 1.0),
-            escape(name)
-        );
-    }
-    svg.push_str("</svg>\n");
-    svg
+            .filter(|p| (summary.elapsed_s - p.second as f64) >= 0.2 && p.ok > 0)
+            .map(|p| (p.second as f64 + 0.5, f(p)))
+            .collect()
+    };
+    let throughput = Chart {
+        title: "Throughput per second",
+        x_label: "time (s)",
+        y_label: "requests/s",
+        x_axis: XAxis::Linear,
+        y_axis: YAxis::Linear,
+        series: vec![
+            Series::new("ok", per_second(summary, |p| p.ok)),
+            Series::new("errors", per_second(summary, |p| p.errors)),
+        ],
+    };
+    let latency = Chart {
+        title: "Latency per second",
+        x_label: "time (s)",
+        y_label: "latency (ms)",
+        x_axis: XAxis::Linear,
+        y_axis: YAxis::Auto,
+        series: vec![
+            Series::new("p50", seconds(|p| p.p50_ms)),
+            Series::new("p99", seconds(|p| p.p99_ms)),
+        ],
+    };
+    let labels: Vec<(f64, String)> = [
+        (0.5, "p50"),
+        (0.9, "p90"),
+        (0.99, "p99"),
+        (0.999, "p99.9"),
+        (0.9999, "p99.99"),
+        (1.0, "max"),
+    ]
+    .iter()
+    .map(|&(q, name)| (nines(q), name.to_owned()))
+    .collect();
+    let distribution = Chart {
+        title: "Latency by percentile",
+        x_label: "percentile",
+        y_label: "latency (ms)",
+        x_axis: XAxis::Labelled(labels),
+        y_axis: YAxis::Log,
+        series: vec![Series::new(
+            "latency",
+            summary
+                .distribution
+                .iter()
+                .filter(|(q, _)| *q >= 0.5)
+                .map(|&(q, ms)| (nines(q), ms))
+                .collect(),
+        )],
+    };
+    [throughput.svg(), latency.svg(), distribution.svg()]
 }
 
 pub fn html(summary: &Summary, label: &str) -> String {
-    let throughput: Vec<(f64, f64)> = summary
-        .timeline
-        .iter()
-        .map(|p| (p.second as f64, p.ok as f64))
-        .collect();
-    let errors: Vec<(f64, f64)> = summary
-        .timeline
-        .iter()
-        .map(|p| (p.second as f64, p.errors as f64))
-        .collect();
-    let p50: Vec<(f64, f64)> = summary
-        .timeline
-        .iter()
-        .map(|p| (p.second as f64, p.p50_ms))
-        .collect();
-    let p99: Vec<(f64, f64)> = summary
-        .timeline
-        .iter()
-        .map(|p| (p.second as f64, p.p99_ms))
-        .collect();
-    // Percentile distribution on a "nines" axis: 0.99 → 2, 0.999 → 3.
-    let dist: Vec<(f64, f64)> = summary
-        .distribution
-        .iter()
-        .map(|&(q, ms)| {
-            (
-                if q >= 1.0 {
-                    5.0
-                } else {
-                    (-(1.0 - q).log10()).min(5.0)
-                },
-                ms,
-            )
-        })
-        .collect();
+    let [c1, c2, c3] = charts(summary);
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>switchyard-load: {t}</title>
-<style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f6f6f6;padding:1em}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:2em}}pre{{background:#f6f6f6;padding:1em}}svg{{display:block;margin:1em 0}}</style></head><body>
 <h1>switchyard-load</h1><pre>{text}</pre>
 {c1}{c2}{c3}
 <h2>Raw summary</h2><pre>{json}</pre></body></html>
 "#,
         t = escape(label),
         text = escape(&text(summary, label)),
-        c1 = line_chart(
-            "Throughput per second",
-            "second",
-            "requests",
-            &[("ok", "#1f77b4", throughput), ("errors", "#d62728", errors)]
-        ),
-        c2 = line_chart(
-            "Latency per second",
-            "second",
-            "ms",
-            &[("p50", "#2ca02c", p50), ("p99", "#ff7f0e", p99)]
-        ),
-        c3 = line_chart(
-            "Latency by percentile (x: number of nines, 2 = p99)",
-            "nines",
-            "ms",
-            &[("latency", "#9467bd", dist)]
-        ),
         json = escape(&serde_json::to_string_pretty(summary).unwrap_or_default()),
     )
 }
@@ -188,6 +153,107 @@ mod tests {
     use super::*;
     use crate::stats::Recorder;
     use std::time::Duration;
+
+    /// (pixel y, value) of every numeric label left of the plot: the y axis's ticks.
+    fn y_ticks(svg: &str) -> Vec<(f64, f64)> {
+        let value = |text: &str| -> Option<f64> {
+            let (digits, scale) = match text.strip_suffix('k') {
+                Some(d) => (d, 1e3),
+                None => match text.strip_suffix('M') {
+                    Some(d) => (d, 1e6),
+                    None => (text, 1.0),
+                },
+            };
+            digits.parse::<f64>().ok().map(|v| v * scale)
+        };
+        crate::chart::texts(svg)
+            .into_iter()
+            .filter(|(x, _, _)| *x < 80.0)
+            .filter_map(|(_, y, content)| Some((y, value(&content)?)))
+            .collect()
+    }
+
+    /// The y ticks increase upwards and span the data.
+    fn assert_axis_spans(svg: &str, values: &[f64], what: &str) {
+        let mut ticks = y_ticks(svg);
+        assert!(ticks.len() >= 3, "{what}: ticks {ticks:?}");
+        ticks.sort_by(|a, b| b.0.total_cmp(&a.0)); // bottom first
+        for pair in ticks.windows(2) {
+            assert!(
+                pair[1].1 > pair[0].1,
+                "{what}: ticks must grow upwards: {ticks:?}"
+            );
+        }
+        let top = ticks.last().map_or(0.0, |t| t.1);
+        let bottom = ticks[0].1;
+        let max = values.iter().copied().fold(f64::MIN, f64::max);
+        let min = values.iter().copied().fold(f64::MAX, f64::min);
+        assert!(
+            top >= max,
+            "{what}: highest tick {top} is below the data's {max}: {ticks:?}"
+        );
+        assert!(
+            bottom <= min,
+            "{what}: lowest tick {bottom} is above the data's {min}: {ticks:?}"
+        );
+    }
+
+    /// ~16,400 req/s for 6.5 s, latencies 3-22 ms: the run the pixel-coordinate bug was seen on.
+    fn busy_run() -> Summary {
+        let mut r = Recorder::default();
+        let mut n = 0u64;
+        for ms in 0..6500u64 {
+            for _ in 0..16 {
+                let latency = Duration::from_micros(3000 + (n * 7919) % 19_000);
+                r.ok(latency, Duration::from_millis(ms));
+                n += 1;
+            }
+            if ms % 500 == 0 {
+                r.error(
+                    "http_429",
+                    Duration::from_micros(80),
+                    Duration::from_millis(ms),
+                );
+            }
+        }
+        r.summary(Duration::from_millis(6500), 0.1)
+    }
+
+    #[test]
+    fn axes_read_the_data_not_pixels() {
+        let summary = busy_run();
+        let [throughput, latency, distribution] = charts(&summary);
+        let rates: Vec<f64> = per_second(&summary, |p| p.ok).iter().map(|p| p.1).collect();
+        assert_axis_spans(&throughput, &rates, "throughput");
+        let p99: Vec<f64> = summary.timeline.iter().map(|p| p.p99_ms).collect();
+        let p50: Vec<f64> = summary.timeline.iter().map(|p| p.p50_ms).collect();
+        assert_axis_spans(&latency, &[p50, p99].concat(), "latency");
+        let quantiles: Vec<f64> = summary
+            .distribution
+            .iter()
+            .filter(|(q, _)| *q >= 0.5)
+            .map(|p| p.1)
+            .collect();
+        assert_axis_spans(&distribution, &quantiles, "percentiles");
+        let labels = crate::chart::texts(&distribution);
+        for label in ["p50", "p90", "p99", "p99.9", "max"] {
+            assert!(
+                labels.iter().any(|t| t.2 == label),
+                "{label} missing: {labels:?}"
+            );
+        }
+        assert!(throughput.contains("requests/s") && latency.contains("latency (ms)"));
+    }
+
+    #[test]
+    fn a_partial_last_second_is_scaled_not_a_drop_to_zero() {
+        let summary = busy_run();
+        let rates = per_second(&summary, |p| p.ok);
+        assert_eq!(rates.len(), 7, "six whole seconds and the half one");
+        for (at, rate) in &rates {
+            assert!((rate - 16_000.0).abs() < 200.0, "{at}: {rate} req/s");
+        }
+    }
 
     #[test]
     fn html_report_is_self_contained_with_three_charts() {
@@ -207,6 +273,7 @@ mod tests {
         assert_eq!(page.matches("<svg").count(), 3);
         assert!(page.contains("mlp &lt;grpc&gt;"));
         assert!(!page.contains("<script"));
+        assert!(!page.contains("http://") || page.contains("http://www.w3.org/2000/svg"));
         assert!(page.contains("http_429"));
     }
 }
