@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/grpc_service.proto";
     println!("cargo:rerun-if-changed={proto}");
+    println!("cargo:rerun-if-changed=proto/model_config.proto");
     let descriptors = protox::compile([proto], ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)

@@ -6,7 +6,9 @@ use serde_json::json;
 use switchyard_runtimes::torch::TorchDevice;
 use switchyard_runtimes::{DataType, TensorSpec};
 
-use crate::config::model::{ModelConfig, Platform};
+use switchyard_proto as proto;
+
+use crate::config::model::{ModelConfig, Platform, VersionPolicy};
 use crate::error::{ApiError, ErrorKind};
 use crate::serve::catalog::Catalog;
 use crate::serve::model::ModelVersion;
@@ -59,11 +61,27 @@ fn backend(platform: Platform) -> &'static str {
     }
 }
 
+/// Triton's type name of a datatype (`BYTES` is `TYPE_STRING` there).
+fn triton_type(datatype: DataType) -> proto::DataType {
+    let name = match datatype {
+        DataType::Bytes => "TYPE_STRING".to_owned(),
+        other => format!("TYPE_{}", other.as_str()),
+    };
+    proto::DataType::from_str_name(&name).unwrap_or(proto::DataType::TypeInvalid)
+}
+
 /// Triton's `instance_group`s: where the instances really run. TorchScript
 /// instances are grouped by device (`KIND_GPU` with its `gpus`); a remote
 /// model's instances are concurrent upstream calls, placed by the upstream
 /// (`KIND_MODEL`).
-fn instance_groups(config: &ModelConfig) -> Vec<serde_json::Value> {
+fn instance_groups(config: &ModelConfig) -> Vec<proto::ModelInstanceGroup> {
+    use proto::model_instance_group::Kind;
+    let group = |count: usize, kind: Kind, gpus: Vec<i32>| proto::ModelInstanceGroup {
+        name: String::new(),
+        kind: kind as i32,
+        count: i32::try_from(count).unwrap_or(i32::MAX),
+        gpus,
+    };
     match (&config.platform, &config.torch) {
         (Platform::Torch, Some(torch)) => {
             let mut groups: Vec<(TorchDevice, usize)> = Vec::new();
@@ -76,22 +94,68 @@ fn instance_groups(config: &ModelConfig) -> Vec<serde_json::Value> {
             groups
                 .into_iter()
                 .map(|(device, count)| match device {
-                    TorchDevice::Cpu => json!({"count": count, "kind": "KIND_CPU"}),
-                    TorchDevice::Cuda(gpu) => {
-                        json!({"count": count, "kind": "KIND_GPU", "gpus": [gpu]})
-                    }
+                    TorchDevice::Cpu => group(count, Kind::Cpu, Vec::new()),
+                    TorchDevice::Cuda(gpu) => group(
+                        count,
+                        Kind::Gpu,
+                        vec![i32::try_from(gpu).unwrap_or(i32::MAX)],
+                    ),
                 })
                 .collect()
         }
-        (Platform::Remote, _) => {
-            vec![json!({"count": config.instance_count, "kind": "KIND_MODEL"})]
-        }
-        _ => vec![json!({"count": config.instance_count, "kind": "KIND_CPU"})],
+        (Platform::Remote, _) => vec![group(config.instance_count, Kind::Model, Vec::new())],
+        _ => vec![group(config.instance_count, Kind::Cpu, Vec::new())],
     }
 }
 
-/// The configuration in Triton's JSON shape, so `get_model_config` works.
-pub fn triton_config(model: &ModelVersion) -> serde_json::Value {
+fn version_policy(policy: &VersionPolicy) -> proto::ModelVersionPolicy {
+    use proto::model_version_policy::{All, Latest, PolicyChoice, Specific};
+    let choice = match policy {
+        VersionPolicy::Latest(n) => PolicyChoice::Latest(Latest {
+            num_versions: u32::try_from(*n).unwrap_or(u32::MAX),
+        }),
+        VersionPolicy::All => PolicyChoice::All(All {}),
+        VersionPolicy::Specific(versions) => PolicyChoice::Specific(Specific {
+            versions: versions
+                .iter()
+                .map(|&v| i64::try_from(v).unwrap_or(i64::MAX))
+                .collect(),
+        }),
+    };
+    proto::ModelVersionPolicy {
+        policy_choice: Some(choice),
+    }
+}
+
+fn dynamic_batching(config: &ModelConfig) -> Option<proto::ModelDynamicBatching> {
+    let batching = config.dynamic_batching.as_ref()?;
+    let queue = &config.queue;
+    Some(proto::ModelDynamicBatching {
+        preferred_batch_size: batching
+            .preferred_batch_sizes
+            .iter()
+            .map(|&p| i32::try_from(p).unwrap_or(i32::MAX))
+            .collect(),
+        max_queue_delay_microseconds: u64::try_from(batching.max_queue_delay.as_micros())
+            .unwrap_or(u64::MAX),
+        preserve_ordering: false,
+        priority_levels: u64::from(queue.priority_levels),
+        default_priority_level: u64::from(queue.default_priority),
+        default_queue_policy: Some(proto::ModelQueuePolicy {
+            // Both of our timeout actions refuse the request (504 or 429): Triton's REJECT.
+            timeout_action: proto::model_queue_policy::TimeoutAction::Reject as i32,
+            default_timeout_microseconds: queue
+                .default_timeout
+                .map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
+            allow_timeout_override: true,
+            max_queue_size: u32::try_from(queue.capacity).unwrap_or(u32::MAX),
+        }),
+    })
+}
+
+/// The configuration in Triton's shape, the one answer both edges give
+/// (`get_model_config` over gRPC as this message, over HTTP as `config_json`).
+pub fn triton_config(model: &ModelVersion) -> proto::ModelConfig {
     config_of(
         &model.name,
         &model.config,
@@ -105,7 +169,7 @@ fn config_of(
     config: &ModelConfig,
     inputs: &[TensorSpec],
     outputs: &[TensorSpec],
-) -> serde_json::Value {
+) -> proto::ModelConfig {
     let batching = config.max_batch_size > 0;
     let dims = |spec: &TensorSpec| -> Vec<i64> {
         if batching {
@@ -114,27 +178,95 @@ fn config_of(
             spec.shape.clone()
         }
     };
-    let tensors = |specs: &[TensorSpec]| -> Vec<serde_json::Value> {
-        specs
+    proto::ModelConfig {
+        name: name.to_owned(),
+        platform: config.platform.as_str().to_owned(),
+        backend: backend(config.platform).to_owned(),
+        version_policy: Some(version_policy(&config.version_policy)),
+        max_batch_size: i32::try_from(config.max_batch_size).unwrap_or(i32::MAX),
+        input: inputs
             .iter()
-            .map(|spec| {
-                let dt = match spec.datatype {
-                    DataType::Bytes => "TYPE_STRING".to_owned(),
-                    other => format!("TYPE_{}", other.as_str()),
-                };
-                json!({"name": spec.name, "data_type": dt, "dims": dims(spec)})
+            .map(|spec| proto::ModelInput {
+                name: spec.name.clone(),
+                data_type: triton_type(spec.datatype) as i32,
+                dims: dims(spec),
             })
-            .collect()
+            .collect(),
+        output: outputs
+            .iter()
+            .map(|spec| proto::ModelOutput {
+                name: spec.name.clone(),
+                data_type: triton_type(spec.datatype) as i32,
+                dims: dims(spec),
+            })
+            .collect(),
+        dynamic_batching: dynamic_batching(config),
+        instance_group: instance_groups(config),
+    }
+}
+
+/// The same configuration as Triton's HTTP answer writes it (enum names,
+/// fields Triton prints; numbers as JSON numbers).
+pub fn config_json(config: &proto::ModelConfig) -> serde_json::Value {
+    let type_name = |t: i32| {
+        proto::DataType::try_from(t)
+            .map(|t| t.as_str_name())
+            .unwrap_or("TYPE_INVALID")
     };
-    json!({
-        "name": name,
-        "platform": config.platform.as_str(),
-        "backend": backend(config.platform),
+    let tensor = |name: &str, data_type: i32, dims: &[i64]| json!({"name": name, "data_type": type_name(data_type), "dims": dims});
+    let groups: Vec<serde_json::Value> = config
+        .instance_group
+        .iter()
+        .map(|g| {
+            let kind = proto::model_instance_group::Kind::try_from(g.kind)
+                .map(|k| k.as_str_name())
+                .unwrap_or("KIND_AUTO");
+            let mut group = json!({"count": g.count, "kind": kind});
+            if !g.gpus.is_empty() {
+                group["gpus"] = json!(g.gpus);
+            }
+            group
+        })
+        .collect();
+    let mut out = json!({
+        "name": config.name,
+        "platform": config.platform,
+        "backend": config.backend,
         "max_batch_size": config.max_batch_size,
-        "input": tensors(inputs),
-        "output": tensors(outputs),
-        "instance_group": instance_groups(config),
-    })
+        "input": config.input.iter().map(|t| tensor(&t.name, t.data_type, &t.dims)).collect::<Vec<_>>(),
+        "output": config.output.iter().map(|t| tensor(&t.name, t.data_type, &t.dims)).collect::<Vec<_>>(),
+        "instance_group": groups,
+    });
+    use proto::model_version_policy::PolicyChoice;
+    if let Some(choice) = config
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref())
+    {
+        out["version_policy"] = match choice {
+            PolicyChoice::Latest(l) => json!({"latest": {"num_versions": l.num_versions}}),
+            PolicyChoice::All(_) => json!({"all": {}}),
+            PolicyChoice::Specific(s) => json!({"specific": {"versions": s.versions}}),
+        };
+    }
+    if let Some(b) = &config.dynamic_batching {
+        let mut batching = json!({
+            "preferred_batch_size": b.preferred_batch_size,
+            "max_queue_delay_microseconds": b.max_queue_delay_microseconds,
+            "priority_levels": b.priority_levels,
+            "default_priority_level": b.default_priority_level,
+        });
+        if let Some(q) = &b.default_queue_policy {
+            batching["default_queue_policy"] = json!({
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": q.default_timeout_microseconds,
+                "allow_timeout_override": q.allow_timeout_override,
+                "max_queue_size": q.max_queue_size,
+            });
+        }
+        out["dynamic_batching"] = batching;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -153,7 +285,7 @@ mod tests {
 
     fn config(yaml: &str) -> serde_json::Value {
         let config = ModelConfig::parse(yaml, &defaults()).unwrap();
-        config_of("m", &config, &config.inputs, &config.outputs)
+        config_json(&config_of("m", &config, &config.inputs, &config.outputs))
     }
 
     #[test]

@@ -14,11 +14,57 @@ pub fn version_arg(version: &str) -> Option<&str> {
     (!version.is_empty()).then_some(version)
 }
 
+/// The typed `contents` field that carries a datatype's values.
+fn contents_field(datatype: DataType) -> Option<&'static str> {
+    Some(match datatype {
+        DataType::Bool => "bool_contents",
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => "int_contents",
+        DataType::Int64 => "int64_contents",
+        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => "uint_contents",
+        DataType::Uint64 => "uint64_contents",
+        DataType::Fp32 => "fp32_contents",
+        DataType::Fp64 => "fp64_contents",
+        DataType::Bytes => "bytes_contents",
+        DataType::Fp16 | DataType::Bf16 => return None,
+    })
+}
+
+/// The typed `contents` fields that hold values.
+fn filled_fields(contents: &InferTensorContents) -> Vec<&'static str> {
+    [
+        ("bool_contents", contents.bool_contents.len()),
+        ("int_contents", contents.int_contents.len()),
+        ("int64_contents", contents.int64_contents.len()),
+        ("uint_contents", contents.uint_contents.len()),
+        ("uint64_contents", contents.uint64_contents.len()),
+        ("fp32_contents", contents.fp32_contents.len()),
+        ("fp64_contents", contents.fp64_contents.len()),
+        ("bytes_contents", contents.bytes_contents.len()),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(field, _)| field)
+    .collect()
+}
+
 /// Converts one input's typed `contents` into the tensor buffer layout.
 fn contents_to_bytes(input: &InferInputTensor, datatype: DataType) -> Result<Bytes, ApiError> {
     let empty = InferTensorContents::default();
     let contents = input.contents.as_ref().unwrap_or(&empty);
     let name = &input.name;
+    // Values in another type's field: name the mismatch, not a byte count.
+    let filled = filled_fields(contents);
+    let expected = contents_field(datatype);
+    if let Some(other) = filled.iter().find(|f| Some(**f) != expected) {
+        return Err(ApiError::invalid(match expected {
+            Some(field) => format!(
+                "input `{name}` is {datatype}, so its values go in `contents.{field}`; got `contents.{other}`"
+            ),
+            None => format!(
+                "input `{name}` is {datatype}, which has no typed contents field; send it in raw_input_contents (got `contents.{other}`)"
+            ),
+        }));
+    }
     let mut buf = BytesMut::new();
     let range = |value: i128| {
         ApiError::invalid(format!(

@@ -147,6 +147,23 @@ impl GrpcInferenceService for GrpcService {
         Ok(reply)
     }
 
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
+        self.authorize(&request, Operation::ModelConfig)?;
+        let request = request.into_inner();
+        let found = self
+            .edge
+            .serving
+            .catalog
+            .snapshot()
+            .lookup(&request.name, version_arg(&request.version))?;
+        Ok(Response::new(ModelConfigResponse {
+            config: Some(model_info::triton_config(&found)),
+        }))
+    }
+
     async fn repository_index(
         &self,
         request: Request<RepositoryIndexRequest>,

@@ -158,16 +158,25 @@ async fn server_metadata() -> Response {
     .into_response()
 }
 
-async fn live() -> StatusCode {
-    StatusCode::OK
+// Health bodies as the Open Inference Protocol's REST spec defines them
+// (`$live_server_response`, `$ready_server_response`, `$ready_model_response`);
+// the status codes carry the same answer for clients that read only those.
+async fn live() -> Response {
+    axum::Json(json!({"live": true})).into_response()
 }
 
-async fn ready(State(edge): State<Arc<Edge>>) -> StatusCode {
-    if edge.is_ready() {
+fn readiness(ready: bool, body: serde_json::Value) -> Response {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    }
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn ready(State(edge): State<Arc<Edge>>) -> Response {
+    let ready = edge.is_ready();
+    readiness(ready, json!({"ready": ready}))
 }
 
 fn tensor_metadata(specs: &[TensorSpec]) -> Vec<serde_json::Value> {
@@ -203,26 +212,22 @@ async fn model_metadata_versioned(
     metadata_of(&edge, &model, Some(&version))
 }
 
-fn readiness_of(edge: &Edge, model: &str, version: Option<&str>) -> Result<StatusCode, ApiError> {
+fn readiness_of(edge: &Edge, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
     let ready = model_info::ready(&edge.serving.catalog.snapshot(), model, version)?;
-    Ok(if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    })
+    Ok(readiness(ready, json!({"name": model, "ready": ready})))
 }
 
 async fn model_ready(
     State(edge): State<Arc<Edge>>,
     Path(model): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     readiness_of(&edge, &model, None)
 }
 
 async fn model_ready_versioned(
     State(edge): State<Arc<Edge>>,
     Path((model, version)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     readiness_of(&edge, &model, Some(&version))
 }
 
@@ -231,7 +236,7 @@ async fn model_config(
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
     let found = edge.serving.catalog.snapshot().lookup(&model, None)?;
-    Ok(axum::Json(model_info::triton_config(&found)).into_response())
+    Ok(axum::Json(model_info::config_json(&model_info::triton_config(&found))).into_response())
 }
 
 async fn model_config_versioned(
@@ -243,7 +248,7 @@ async fn model_config_versioned(
         .catalog
         .snapshot()
         .lookup(&model, Some(&version))?;
-    Ok(axum::Json(model_info::triton_config(&found)).into_response())
+    Ok(axum::Json(model_info::config_json(&model_info::triton_config(&found))).into_response())
 }
 
 /// Reads a body up to `limit` bytes; larger ones are refused with 413.
