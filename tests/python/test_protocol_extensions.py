@@ -126,3 +126,77 @@ def test_fp64_json_values_come_back_exactly(tmp_path):
         assert np.array_equal(got, x.flatten()), np.flatnonzero(got != x.flatten())[:5]
     finally:
         assert server.stop() == 0
+
+
+def test_compressed_requests_and_responses_with_tritonclient(server):
+    from reference import expected
+
+    x = np.random.default_rng(5).standard_normal((3, 256)).astype(np.float32)
+    want = expected("mlp", {"input": x})["output"]
+    http = httpclient.InferenceServerClient(server.http)
+    for algorithm in ("gzip", "deflate"):
+        for binary in (True, False):
+            tensor = httpclient.InferInput("input", [3, 256], "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            result = http.infer("mlp", [tensor], request_compression_algorithm=algorithm,
+                                response_compression_algorithm=algorithm)
+            np.testing.assert_allclose(result.as_numpy("output"), want, rtol=1e-5, atol=1e-6)
+    grpc_client = grpcclient.InferenceServerClient(server.grpc)
+    for algorithm in ("gzip", "deflate"):
+        tensor = grpcclient.InferInput("input", [3, 256], "FP32")
+        tensor.set_data_from_numpy(x)
+        result = grpc_client.infer("mlp", [tensor], compression_algorithm=algorithm)
+        np.testing.assert_allclose(result.as_numpy("output"), want, rtol=1e-5, atol=1e-6)
+    # The response is compressed only when asked for.
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 256], "data": [0.5] * 256}]}
+    plain = requests.post(f"http://{server.http}/v2/models/mlp/infer", json=body, headers={"Accept-Encoding": "identity"}, timeout=10)
+    assert "Content-Encoding" not in plain.headers
+    packed = requests.post(f"http://{server.http}/v2/models/mlp/infer", json=body, headers={"Accept-Encoding": "gzip"}, timeout=10)
+    assert packed.headers["Content-Encoding"] == "gzip" and packed.json()["outputs"][0]["shape"] == [1, 10]
+    unknown = requests.post(f"http://{server.http}/v2/models/mlp/infer", data=b"x", headers={"Content-Encoding": "br"}, timeout=10)
+    assert unknown.status_code == 400 and "Content-Encoding" in unknown.json()["error"]
+
+
+def test_zip_bombs_are_refused_with_memory_bounded(small_limits_server):
+    """10 KB bodies that inflate to 64 MiB, against a 1 MiB limit: 413 /
+    RESOURCE_EXHAUSTED, and the server never holds the inflated size."""
+    import gzip
+    import zlib
+
+    bomb = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    assert len(bomb) < 100_000
+    server = small_limits_server
+    rss_before = rss_kib(server.process.pid)
+    for _ in range(5):
+        reply = requests.post(f"http://{server.http}/v2/models/mlp/infer", data=bomb,
+                              headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}, timeout=30)
+        assert reply.status_code == 413 and "decompressed" in reply.json()["error"], reply.text
+    # gRPC: a ModelInfer message whose compressed frame inflates past the limit.
+    request = service_pb2.ModelInferRequest(model_name="mlp")
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "input", "FP32"
+    tensor.shape.extend([4096, 256])
+    request.raw_input_contents.append(b"\0" * (4096 * 256 * 4))
+    with grpc.insecure_channel(server.grpc, compression=grpc.Compression.Gzip,
+                               options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(3):
+            try:
+                stub.ModelInfer(request, timeout=30)
+                raise AssertionError("an inflated message over the limit must be refused")
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (err.code(), err.details())
+    grown = rss_kib(server.process.pid) - rss_before
+    assert grown < 48 * 1024, f"RSS grew {grown} KiB"
+    # deflate too, over HTTP.
+    reply = requests.post(f"http://{server.http}/v2/models/mlp/infer", data=zlib.compress(b"\0" * (64 << 20), 9),
+                          headers={"Content-Encoding": "deflate"}, timeout=30)
+    assert reply.status_code == 413, reply.text
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")

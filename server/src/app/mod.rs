@@ -218,6 +218,11 @@ pub async fn serve(
         switchyard_proto::grpc_inference_service_server::GrpcInferenceServiceServer::new(
             crate::edge::grpc::GrpcService::new(app.edge.clone()),
         )
+        // Compressed requests are taken (the size limit applies to the
+        // inflated message); answers stay uncompressed: Python's gRPC advertises
+        // gzip on every call, and compressing every answer would cost every client.
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Deflate)
         .max_decoding_message_size(options.grpc_max_message_bytes)
         .max_encoding_message_size(options.grpc_max_message_bytes);
     let grpc_server = tonic::transport::Server::builder()

@@ -5,6 +5,7 @@
 //! its `Operation`, and the one table in `edge` gives its auth scope.
 
 pub mod codec;
+pub mod compression;
 
 use std::sync::Arc;
 
@@ -251,7 +252,8 @@ async fn model_config_versioned(
     Ok(axum::Json(model_info::config_json(&model_info::triton_config(&found))).into_response())
 }
 
-/// Reads a body up to `limit` bytes; larger ones are refused with 413.
+/// Reads a body up to `limit` bytes (after inflating a gzip or deflate
+/// body); larger ones are refused with 413.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -259,13 +261,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
             format!("request body is larger than the limit of {limit} bytes (--max-request-bytes)"),
         )
     };
-    if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
-        && encoding.as_bytes() != b"identity"
-    {
-        return Err(ApiError::invalid(format!(
-            "Content-Encoding {encoding:?} is not supported; send the body uncompressed"
-        )));
-    }
+    let encoding = compression::request_encoding(headers)?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -273,7 +269,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|err| {
+    let raw = axum::body::to_bytes(body, limit).await.map_err(|err| {
         let over_limit = std::error::Error::source(&err)
             .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
         if over_limit {
@@ -281,7 +277,16 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         } else {
             ApiError::invalid(format!("reading the request body failed: {err}"))
         }
-    })
+    })?;
+    match encoding {
+        None => Ok(raw),
+        // Inflating is CPU work: off the reactor threads.
+        Some(encoding) => {
+            tokio::task::spawn_blocking(move || compression::inflate(encoding, &raw, limit))
+                .await
+                .map_err(|err| ApiError::internal(format!("inflating the request body: {err}")))?
+        }
+    }
 }
 
 async fn infer_latest(
@@ -337,10 +342,21 @@ async fn infer_http(
         |response, binary| encode_response(&binary, &response),
     )
     .await;
+    let compress = compression::response_encoding(&headers);
     match result {
         Ok((encoded, routed)) => {
-            let mut response = Response::new(Body::from(encoded.body));
+            let (body, content_encoding) = match compress {
+                Some(encoding) => match compression::deflate(encoding, &encoded.body) {
+                    Ok(packed) => (packed, Some(encoding.header_value())),
+                    Err(err) => return err.into_response(),
+                },
+                None => (encoded.body, None),
+            };
+            let mut response = Response::new(Body::from(body));
             let headers = response.headers_mut();
+            if let Some(value) = content_encoding {
+                headers.insert(header::CONTENT_ENCODING, value);
+            }
             if let Some((endpoint, variant)) = routed
                 && let (Ok(endpoint), Ok(variant)) = (
                     HeaderValue::try_from(endpoint),
