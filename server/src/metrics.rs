@@ -2,6 +2,7 @@
 //! and nowhere else. Labels stay low-cardinality (model, version, protocol,
 //! outcome); unknown model names are never used as label values.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::ErrorKind;
@@ -100,6 +101,91 @@ pub const CANARY_DECISIONS: [&str; 5] = ["wait", "hold", "step_up", "promote", "
 /// The protocols requests are counted under.
 pub const PROTOCOLS: [&str; 2] = ["http", "grpc"];
 
+/// A count and a total duration (Triton's `StatisticDuration`).
+#[derive(Debug, Default)]
+pub struct StatDuration {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl StatDuration {
+    fn add(&self, count: u64, took: Duration) {
+        self.count.fetch_add(count, Ordering::Relaxed);
+        self.ns.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// (count, nanoseconds).
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.ns.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One model version's statistics in Triton's shape (the statistics
+/// extension): plain atomics, so recording takes no lock.
+#[derive(Debug)]
+pub struct VersionStats {
+    /// Milliseconds since the Unix epoch of the last answered request (0: none).
+    pub last_inference_ms: AtomicU64,
+    /// Successful inferences, each row counted (Triton's rule).
+    pub inference_count: AtomicU64,
+    /// Runtime executions (batches).
+    pub execution_count: AtomicU64,
+    pub success: StatDuration,
+    pub fail: StatDuration,
+    pub queue: StatDuration,
+    /// Per request, the runtime call of the batch it was in (it joins the
+    /// inputs and copies the outputs, so compute input/output are inside it).
+    pub compute_infer: StatDuration,
+    /// Executions by batch size (index = rows, 1..=max batch size).
+    pub batches: Vec<StatDuration>,
+}
+
+impl VersionStats {
+    pub fn new(max_batch_size: usize) -> Self {
+        VersionStats {
+            last_inference_ms: AtomicU64::new(0),
+            inference_count: AtomicU64::new(0),
+            execution_count: AtomicU64::new(0),
+            success: StatDuration::default(),
+            fail: StatDuration::default(),
+            queue: StatDuration::default(),
+            compute_infer: StatDuration::default(),
+            batches: (0..=max_batch_size.max(1))
+                .map(|_| StatDuration::default())
+                .collect(),
+        }
+    }
+
+    /// A request's answer: its rows, whether it succeeded, its time in the server.
+    pub fn answered(&self, rows: usize, ok: bool, took: Duration) {
+        if ok {
+            self.success.add(1, took);
+            self.inference_count
+                .fetch_add(rows as u64, Ordering::Relaxed);
+        } else {
+            self.fail.add(1, took);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.last_inference_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// One runtime execution of `rows` rows for `requests` requests.
+    pub fn executed(&self, rows: usize, requests: usize, took: Duration) {
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
+        self.compute_infer.add(requests as u64, took);
+        let slot = rows.clamp(1, self.batches.len() - 1);
+        self.batches[slot].add(1, took);
+    }
+}
+
 /// One model version's series, resolved once so the hot path does no label lookups.
 #[derive(Clone)]
 pub struct ModelMetrics {
@@ -110,6 +196,8 @@ pub struct ModelMetrics {
     batch_size: prometheus::Histogram,
     /// Indexed like `Rejection::ALL`.
     rejections: [prometheus::IntCounter; 4],
+    /// Triton-shaped statistics of this version (the statistics extension).
+    pub stats: std::sync::Arc<VersionStats>,
 }
 
 impl ModelMetrics {
@@ -125,6 +213,7 @@ impl ModelMetrics {
 
     pub fn observe_queue_time(&self, waited: Duration) {
         self.queue_time.observe(waited.as_secs_f64());
+        self.stats.queue.add(1, waited);
     }
 
     pub fn observe_compute(&self, took: Duration) {
@@ -420,7 +509,7 @@ impl Metrics {
     /// The series of one model version. Every series whose labels are known
     /// now (each outcome, protocol and rejection reason) is created at zero,
     /// so `rate()` and alerts see it before its first event.
-    pub fn for_model(&self, model: &str, version: u64) -> ModelMetrics {
+    pub fn for_model(&self, model: &str, version: u64, max_batch_size: usize) -> ModelMetrics {
         let version = version.to_string();
         let labels = [model, version.as_str()];
         for protocol in PROTOCOLS {
@@ -450,6 +539,7 @@ impl Metrics {
                 self.rejections
                     .with_label_values(&[model, &version, reason.as_label()])
             }),
+            stats: std::sync::Arc::new(VersionStats::new(max_batch_size)),
         }
     }
 

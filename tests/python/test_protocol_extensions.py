@@ -200,3 +200,35 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def test_inference_statistics_on_both_protocols(tmp_path):
+    server = Server(repository=batching_repo(tmp_path))
+    try:
+        x = np.random.default_rng(1).standard_normal((3, 256)).astype(np.float32)
+        grpc_client = grpcclient.InferenceServerClient(server.grpc)
+        http = httpclient.InferenceServerClient(server.http)
+        before = http.get_inference_statistics("mlp")["model_stats"]
+        assert [(s["name"], s["version"], s["inference_count"]) for s in before] == [("mlp", "1", 0)]
+        for _ in range(4):
+            tensor = grpcclient.InferInput("input", [3, 256], "FP32")
+            tensor.set_data_from_numpy(x)
+            grpc_client.infer("mlp", [tensor])
+        bad = grpcclient.InferInput("input", [1, 256], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 256), np.float32))
+        stats = http.get_inference_statistics("mlp")["model_stats"][0]
+        # Each row counts as an inference (Triton's rule); four requests ran.
+        assert stats["inference_count"] == 12 and stats["inference_stats"]["success"]["count"] == 4, stats
+        assert 1 <= stats["execution_count"] <= 4
+        assert stats["inference_stats"]["success"]["ns"] > 0 and stats["inference_stats"]["queue"]["count"] == 4
+        assert stats["inference_stats"]["compute_infer"]["ns"] > 0 and stats["last_inference"] > 1_700_000_000_000
+        assert {b["batch_size"] for b in stats["batch_stats"]} <= {3, 6, 9, 12}
+        over_grpc = grpc_client.get_inference_statistics("mlp", as_json=True)["model_stats"][0]
+        assert int(over_grpc["inference_count"]) == 12 and over_grpc["version"] == "1"
+        everything = http.get_inference_statistics()["model_stats"]
+        assert {s["name"] for s in everything} == {"mlp", "iris"}
+        assert grpc_client.get_inference_statistics("mlp", "1").model_stats[0].inference_count == 12
+        assert "statistics" in http.get_server_metadata()["extensions"]
+        assert requests.get(f"http://{server.http}/v2/models/nope/stats", timeout=10).status_code == 404
+    finally:
+        assert server.stop() == 0

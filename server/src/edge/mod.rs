@@ -34,6 +34,7 @@ pub const EXTENSIONS: &[&str] = &[
     "binary_tensor_data",
     "model_repository",
     "model_configuration",
+    "statistics",
 ];
 
 /// Response header (HTTP) / metadata key (gRPC) naming the endpoint that routed a request.
@@ -50,6 +51,7 @@ pub enum Operation {
     ModelMetadata,
     ModelReady,
     ModelConfig,
+    ModelStatistics,
     ModelInfer,
     RepositoryIndex,
     ModelLoad,
@@ -71,6 +73,7 @@ impl Operation {
             | Operation::ModelMetadata
             | Operation::ModelReady
             | Operation::ModelConfig
+            | Operation::ModelStatistics
             | Operation::ModelInfer
             | Operation::RepositoryIndex
             | Operation::Endpoints
@@ -233,6 +236,7 @@ mod tests {
             ModelMetadata,
             ModelReady,
             ModelConfig,
+            ModelStatistics,
             ModelInfer,
             RepositoryIndex,
             ModelLoad,

@@ -269,6 +269,112 @@ pub fn config_json(config: &proto::ModelConfig) -> serde_json::Value {
     out
 }
 
+/// The statistics extension's answer: every loaded version of `model` (all
+/// models when empty), or the one `version` names.
+pub fn statistics(
+    catalog: &Catalog,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Vec<proto::ModelStatistics>, ApiError> {
+    let versions: Vec<std::sync::Arc<ModelVersion>> = if model.is_empty() {
+        catalog
+            .models
+            .values()
+            .flat_map(|entry| entry.versions.values().cloned())
+            .collect()
+    } else if let Some(version) = version {
+        vec![catalog.lookup(model, Some(version))?]
+    } else {
+        let entry = catalog
+            .models
+            .get(model)
+            .ok_or_else(|| ApiError::not_found(format!("unknown model `{model}`")))?;
+        entry.versions.values().cloned().collect()
+    };
+    Ok(versions.iter().map(|v| version_statistics(v)).collect())
+}
+
+fn duration(pair: (u64, u64)) -> Option<proto::StatisticDuration> {
+    Some(proto::StatisticDuration {
+        count: pair.0,
+        ns: pair.1,
+    })
+}
+
+fn version_statistics(model: &ModelVersion) -> proto::ModelStatistics {
+    use std::sync::atomic::Ordering;
+    let stats = model.stats();
+    let (computed, compute_ns) = stats.compute_infer.read();
+    let zero = |count: u64| duration((count, 0));
+    proto::ModelStatistics {
+        name: model.name.clone(),
+        version: model.version.to_string(),
+        last_inference: stats.last_inference_ms.load(Ordering::Relaxed),
+        inference_count: stats.inference_count.load(Ordering::Relaxed),
+        execution_count: stats.execution_count.load(Ordering::Relaxed),
+        inference_stats: Some(proto::InferStatistics {
+            success: duration(stats.success.read()),
+            fail: duration(stats.fail.read()),
+            queue: duration(stats.queue.read()),
+            // The runtime call joins inputs and copies outputs: all inside compute_infer.
+            compute_input: zero(computed),
+            compute_infer: duration((computed, compute_ns)),
+            compute_output: zero(computed),
+            cache_hit: duration((0, 0)),
+            cache_miss: duration((0, 0)),
+        }),
+        batch_stats: stats
+            .batches
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.read().0 > 0)
+            .map(|(size, d)| {
+                let (count, ns) = d.read();
+                proto::InferBatchStatistics {
+                    batch_size: size as u64,
+                    compute_input: zero(count),
+                    compute_infer: duration((count, ns)),
+                    compute_output: zero(count),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The statistics as Triton's HTTP answer writes them.
+pub fn statistics_json(stats: &[proto::ModelStatistics]) -> serde_json::Value {
+    let pair = |d: &Option<proto::StatisticDuration>| {
+        let d = d.clone().unwrap_or_default();
+        json!({"count": d.count, "ns": d.ns})
+    };
+    let models: Vec<serde_json::Value> = stats
+        .iter()
+        .map(|m| {
+            let i = m.inference_stats.clone().unwrap_or_default();
+            json!({
+                "name": m.name,
+                "version": m.version,
+                "last_inference": m.last_inference,
+                "inference_count": m.inference_count,
+                "execution_count": m.execution_count,
+                "inference_stats": {
+                    "success": pair(&i.success), "fail": pair(&i.fail), "queue": pair(&i.queue),
+                    "compute_input": pair(&i.compute_input), "compute_infer": pair(&i.compute_infer),
+                    "compute_output": pair(&i.compute_output), "cache_hit": pair(&i.cache_hit),
+                    "cache_miss": pair(&i.cache_miss),
+                },
+                "batch_stats": m.batch_stats.iter().map(|b| json!({
+                    "batch_size": b.batch_size,
+                    "compute_input": pair(&b.compute_input),
+                    "compute_infer": pair(&b.compute_infer),
+                    "compute_output": pair(&b.compute_output),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"model_stats": models})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

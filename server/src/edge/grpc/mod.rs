@@ -164,6 +164,20 @@ impl GrpcInferenceService for GrpcService {
         }))
     }
 
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        self.authorize(&request, Operation::ModelStatistics)?;
+        let request = request.into_inner();
+        let model_stats = model_info::statistics(
+            &self.edge.serving.catalog.snapshot(),
+            &request.name,
+            version_arg(&request.version),
+        )?;
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
     async fn repository_index(
         &self,
         request: Request<RepositoryIndexRequest>,

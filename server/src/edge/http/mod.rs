@@ -62,6 +62,15 @@ pub fn router(edge: Arc<Edge>) -> Router {
             "/v2/models/{model}/versions/{version}/config",
             op(ModelConfig, get(model_config_versioned)),
         )
+        .route("/v2/models/stats", op(ModelStatistics, get(all_statistics)))
+        .route(
+            "/v2/models/{model}/stats",
+            op(ModelStatistics, get(model_statistics)),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            op(ModelStatistics, get(version_statistics)),
+        )
         .route(
             "/v2/models/{model}/infer",
             op(ModelInfer, post(infer_latest)),
@@ -250,6 +259,29 @@ async fn model_config_versioned(
         .snapshot()
         .lookup(&model, Some(&version))?;
     Ok(axum::Json(model_info::config_json(&model_info::triton_config(&found))).into_response())
+}
+
+async fn all_statistics(State(edge): State<Arc<Edge>>) -> Result<Response, ApiError> {
+    statistics_of(&edge, "", None)
+}
+
+async fn model_statistics(
+    State(edge): State<Arc<Edge>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    statistics_of(&edge, &model, None)
+}
+
+async fn version_statistics(
+    State(edge): State<Arc<Edge>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    statistics_of(&edge, &model, Some(&version))
+}
+
+fn statistics_of(edge: &Edge, model: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let stats = model_info::statistics(&edge.serving.catalog.snapshot(), model, version)?;
+    Ok(axum::Json(model_info::statistics_json(&stats)).into_response())
 }
 
 /// Reads a body up to `limit` bytes (after inflating a gzip or deflate

@@ -190,6 +190,7 @@ impl BatcherHandle {
             .is_err()
         {
             self.metrics.rejected(Rejection::QueueFull);
+            self.metrics.stats.answered(rows, false, now.elapsed());
             return Err(ApiError::new(
                 ErrorKind::Overloaded,
                 format!(
@@ -228,16 +229,25 @@ impl BatcherHandle {
             })
         };
         // Also bounds a request already running in a long batch.
-        match tokio::time::timeout_at(deadline, answer).await {
+        let reply = match tokio::time::timeout_at(deadline, answer).await {
             Ok(reply) => reply,
             Err(_) => Err(self.expired(bounded_by_server)),
-        }
+        };
+        self.metrics
+            .stats
+            .answered(rows, reply.is_ok(), now.elapsed());
+        reply
     }
 
     /// Counts a request whose deadline passed and says why.
     fn expired(&self, bounded_by_server: bool) -> ApiError {
         self.metrics.rejected(expiry_reason(bounded_by_server));
         expiry_error(&self.settings, bounded_by_server)
+    }
+
+    /// The version's statistics (the statistics extension).
+    pub fn stats(&self) -> &crate::metrics::VersionStats {
+        &self.metrics.stats
     }
 
     /// Requests waiting in the queue (all levels).

@@ -44,7 +44,7 @@ fn settings(batching: Option<BatchingConfig>, queue: QueuePolicy, max: usize) ->
 }
 
 fn start(settings: BatcherSettings) -> (BatcherHandle, mpsc::Receiver<Batch>) {
-    spawn(settings, Metrics::new().unwrap().for_model("m", 1))
+    spawn(settings, Metrics::new().unwrap().for_model("m", 1, 8))
 }
 
 /// A request of `rows` rows whose values are `tag`, with `width` columns.

@@ -137,7 +137,7 @@ impl ModelVersion {
         if config.warmup {
             warm_up(&mut runtimes, &signature, config)?;
         }
-        let model_metrics = metrics.for_model(name, version);
+        let model_metrics = metrics.for_model(name, version, config.max_batch_size as usize);
         let breaker = Arc::new(Breaker::new(
             config.unhealthy_after_failures,
             config.unhealthy_cooldown,
@@ -221,6 +221,11 @@ impl ModelVersion {
             .filter(|h| !h.is_healthy())
             .map(|h| h.reason())
             .or_else(|| self.breaker.reason())
+    }
+
+    /// Triton-shaped statistics of this version.
+    pub fn stats(&self) -> &crate::metrics::VersionStats {
+        self.batcher.stats()
     }
 
     /// Requests waiting for a worker.

@@ -98,6 +98,7 @@ pub(super) fn worker(
         });
         let took = started.elapsed();
         metrics.observe_compute(took);
+        metrics.stats.executed(batch.rows(), batch.len(), took);
         batch.record_compute(took);
         // A runtime that cannot take an empty tensor (ONNX Runtime and libtorch
         // mostly can) refuses that input: a 400, and no mark against the model.
