@@ -344,13 +344,13 @@ fn version_statistics(model: &ModelVersion) -> proto::ModelStatistics {
 /// The statistics as Triton's HTTP answer writes them.
 pub fn statistics_json(stats: &[proto::ModelStatistics]) -> serde_json::Value {
     let pair = |d: &Option<proto::StatisticDuration>| {
-        let d = d.clone().unwrap_or_default();
+        let d = d.unwrap_or_default();
         json!({"count": d.count, "ns": d.ns})
     };
     let models: Vec<serde_json::Value> = stats
         .iter()
         .map(|m| {
-            let i = m.inference_stats.clone().unwrap_or_default();
+            let i = m.inference_stats.unwrap_or_default();
             json!({
                 "name": m.name,
                 "version": m.version,
