@@ -155,7 +155,7 @@ GRPC_CASES = {
     "raw size mismatch": (lambda: raw_request(payload=b"\0" * 1020), grpc.StatusCode.INVALID_ARGUMENT, "needs 1024 bytes of data, got 1020"),
     "raw count mismatch": (two_raw_entries, grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents has 2 entries"),
     "contents and raw mixed": (mixed_contents, grpc.StatusCode.INVALID_ARGUMENT, "use one form for all inputs"),
-    "typed contents in the wrong field": (typed_wrong_field, grpc.StatusCode.INVALID_ARGUMENT, "needs 1024 bytes of data, got 0"),
+    "typed contents in the wrong field": (typed_wrong_field, grpc.StatusCode.INVALID_ARGUMENT, "its values go in `contents.fp32_contents`"),
     "missing inputs": (no_inputs, grpc.StatusCode.INVALID_ARGUMENT, "missing input `input`"),
     "unknown requested output": (lambda: raw_request(outputs=["logits"]), grpc.StatusCode.INVALID_ARGUMENT, "unknown output `logits`"),
     "unknown datatype": (lambda: raw_request(datatype="FLOAT"), grpc.StatusCode.INVALID_ARGUMENT, "unknown datatype `FLOAT`"),
