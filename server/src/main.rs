@@ -37,7 +37,10 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     })
 }
 
-async fn run(config: Config) -> Result<(), String> {
+async fn run(
+    config: Config,
+    telemetry: std::sync::Arc<switchyard::telemetry::Controls>,
+) -> Result<(), String> {
     config.validate()?;
     let shutdown = shutdown_signal()?;
     // A named library must load; a missing default one only stops ONNX models
@@ -73,6 +76,7 @@ async fn run(config: Config) -> Result<(), String> {
             defaults: config.model_defaults(),
             routes,
             settings: config.settings()?,
+            telemetry,
         },
         metrics,
     );
@@ -165,7 +169,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let result = run(config).await;
+        let result = run(config, telemetry.controls.clone()).await;
         telemetry.shutdown();
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -2,11 +2,16 @@
 //! an OTLP endpoint is given, spans exported over OTLP/gRPC. W3C
 //! `traceparent` headers (HTTP) and metadata (gRPC) become the parent of the
 //! request's span, so Switchyard's spans join the caller's trace.
+//! `Controls` is what may change while the process runs (the log filter and
+//! the trace sampling ratio); the trace and logging extensions drive it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, ShouldSample};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -26,11 +31,133 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// OTLP/gRPC collector for trace spans.
     pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled (a caller's sampled `traceparent` is always followed).
+    pub trace_sample_ratio: f64,
+}
+
+type Reload = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// What may change while the process runs: the log filter and the trace
+/// sampling ratio. `init` gives the live one; `detached` (tests, embedders
+/// with their own subscriber) keeps the settings without a subscriber.
+pub struct Controls {
+    log_filter: Mutex<String>,
+    log_format: LogFormat,
+    reload: Option<Reload>,
+    /// `f64` bits; NaN-free, in [0, 1]. Zero turns tracing off.
+    sample_ratio: Arc<AtomicU64>,
+    /// What the process started with (a cleared trace setting returns to it).
+    initial_ratio: f64,
+    exporting: bool,
+}
+
+impl Controls {
+    pub fn detached(config: &TelemetryConfig) -> Arc<Self> {
+        Arc::new(Controls::new(config, None))
+    }
+
+    fn new(config: &TelemetryConfig, reload: Option<Reload>) -> Self {
+        let ratio = clamp_ratio(config.trace_sample_ratio);
+        Controls {
+            log_filter: Mutex::new(config.log.clone()),
+            log_format: config.log_format,
+            reload,
+            sample_ratio: Arc::new(AtomicU64::new(ratio.to_bits())),
+            initial_ratio: ratio,
+            exporting: config.otlp_endpoint.is_some(),
+        }
+    }
+
+    /// The log filter in force, in EnvFilter syntax.
+    pub fn log_filter(&self) -> String {
+        self.log_filter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    /// Replaces the log filter; takes effect for the next log line.
+    pub fn set_log_filter(&self, filter: &str) -> Result<(), String> {
+        let parsed =
+            EnvFilter::try_new(filter).map_err(|err| format!("log filter {filter:?}: {err}"))?;
+        let mut current = self
+            .log_filter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(reload) = &self.reload {
+            reload(parsed)?;
+        }
+        *current = filter.to_owned();
+        Ok(())
+    }
+
+    pub fn sample_ratio(&self) -> f64 {
+        f64::from_bits(self.sample_ratio.load(Ordering::Relaxed))
+    }
+
+    pub fn initial_sample_ratio(&self) -> f64 {
+        self.initial_ratio
+    }
+
+    /// Sets the share of new traces sampled, from the next request on.
+    pub fn set_sample_ratio(&self, ratio: f64) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(format!(
+                "a trace sample ratio is between 0 and 1, got {ratio}"
+            ));
+        }
+        self.sample_ratio.store(ratio.to_bits(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether spans leave the process at all (`--otlp-endpoint`).
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+}
+
+fn clamp_ratio(ratio: f64) -> f64 {
+    if ratio.is_nan() {
+        1.0
+    } else {
+        ratio.clamp(0.0, 1.0)
+    }
+}
+
+/// Parent-based sampling with a ratio read per new trace, so the trace
+/// extension changes it without rebuilding the provider. Ratio zero drops
+/// every span, a caller's sampled parent included ("tracing off").
+#[derive(Debug, Clone)]
+struct LiveRatioSampler(Arc<AtomicU64>);
+
+impl ShouldSample for LiveRatioSampler {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        trace_id: opentelemetry::trace::TraceId,
+        name: &str,
+        span_kind: &opentelemetry::trace::SpanKind,
+        attributes: &[opentelemetry::KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        let ratio = f64::from_bits(self.0.load(Ordering::Relaxed));
+        let sampler = if ratio <= 0.0 {
+            Sampler::AlwaysOff
+        } else {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+        };
+        sampler.should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+    }
 }
 
 /// Keeps the exporter alive; `shutdown` flushes the spans still buffered.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    pub controls: Arc<Controls>,
 }
 
 impl Telemetry {
@@ -48,6 +175,19 @@ impl Telemetry {
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
     let filter =
         EnvFilter::try_new(&config.log).map_err(|err| format!("--log {:?}: {err}", config.log))?;
+    if !(0.0..=1.0).contains(&config.trace_sample_ratio) {
+        return Err(format!(
+            "--trace-sample-ratio {} is not between 0 and 1",
+            config.trace_sample_ratio
+        ));
+    }
+    let (filter, reload_handle) = tracing_subscriber::reload::Layer::new(filter);
+    let reload: Reload = Box::new(move |filter| {
+        reload_handle
+            .reload(filter)
+            .map_err(|err| format!("replacing the log filter: {err}"))
+    });
+    let controls = Arc::new(Controls::new(config, Some(reload)));
     let provider = match &config.otlp_endpoint {
         None => None,
         Some(endpoint) => {
@@ -67,6 +207,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
                 .build();
             Some(
                 SdkTracerProvider::builder()
+                    .with_sampler(LiveRatioSampler(controls.sample_ratio.clone()))
                     .with_span_processor(processor)
                     .with_resource(resource)
                     .build(),
@@ -91,7 +232,7 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, String> {
             .try_init(),
     };
     result.map_err(|err| format!("installing the log subscriber: {err}"))?;
-    Ok(Telemetry { provider })
+    Ok(Telemetry { provider, controls })
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

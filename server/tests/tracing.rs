@@ -162,6 +162,122 @@ async fn spans_of_a_traced_request_reach_the_collector() {
     }
 }
 
+/// POSTs or GETs `path` on `http` with a JSON body; returns (status line, body).
+fn http_call(http: &str, method: &str, path: &str, body: &str, headers: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(http).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+fn trace_bytes(hex: &str) -> Vec<u8> {
+    (0..16)
+        .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap())
+        .collect()
+}
+
+/// The trace extension changes sampling in the running process: with
+/// `trace_level` OFF even a caller's sampled trace produces no spans; back on,
+/// spans flow again. Spans leave in order (100 ms batches), so once the second
+/// request's spans arrive, the first one's would have too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_extension_turns_sampling_off_and_on_without_a_restart() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let (mut child, http, _) = start(&models_dir(), addr);
+    let (status, body) = http_call(&http, "GET", "/v2/trace/setting", "", "");
+    assert!(status.contains("200"), "{status} {body}");
+    let settings: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(settings["trace_level"], serde_json::json!(["TIMESTAMPS"]));
+    assert_eq!(settings["trace_rate"], "1");
+
+    let (status, body) = http_call(
+        &http,
+        "POST",
+        "/v2/trace/setting",
+        r#"{"trace_level":["OFF"]}"#,
+        "",
+    );
+    assert!(status.contains("200"), "{status} {body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["trace_level"],
+        serde_json::json!(["OFF"])
+    );
+    let infer = serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 256], "data": vec![0.5; 256]}]})
+        .to_string();
+    let silent = "11111111111111111111111111111111";
+    let (status, _) = http_call(
+        &http,
+        "POST",
+        "/v2/models/mlp/infer",
+        &infer,
+        &format!("traceparent: 00-{silent}-00f067aa0ba902b7-01\r\n"),
+    );
+    assert!(status.contains("200"), "{status}");
+
+    let (status, body) = http_call(
+        &http,
+        "POST",
+        "/v2/trace/setting",
+        r#"{"trace_level":["TIMESTAMPS"],"trace_rate":"1"}"#,
+        "",
+    );
+    assert!(status.contains("200"), "{status} {body}");
+    let heard = "22222222222222222222222222222222";
+    let (status, _) = http_call(
+        &http,
+        "POST",
+        "/v2/models/mlp/infer",
+        &infer,
+        &format!("traceparent: 00-{heard}-00f067aa0ba902b7-01\r\n"),
+    );
+    assert!(status.contains("200"), "{status}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let count = |id: &[u8]| {
+        collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == id)
+            .count()
+    };
+    while count(&trace_bytes(heard)) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "spans did not come back after tracing was turned on"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&trace_bytes(silent)),
+        0,
+        "a request traced while tracing was off"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 /// Starts the binary exporting traces to `collector`; returns it with its HTTP and gRPC addresses.
 fn start(
     repo: &std::path::Path,

@@ -151,6 +151,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Share of new traces sampled, 0 to 1 (a caller's sampled `traceparent` is
+    /// followed; 0 turns tracing off). Changeable at run time: `/v2/trace/setting`.
+    #[arg(long, env = "SWITCHYARD_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
+
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info,switchyard=debug`).
     #[arg(long, env = "SWITCHYARD_LOG", default_value = "info")]
     pub log: String,
@@ -283,6 +288,7 @@ impl Config {
             log: self.log.clone(),
             log_format: self.log_format,
             otlp_endpoint: self.otlp_endpoint.clone(),
+            trace_sample_ratio: self.trace_sample_ratio,
         }
     }
 

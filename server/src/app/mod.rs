@@ -57,6 +57,8 @@ pub struct Parts {
     /// The route file (watched like the models), if any.
     pub routes: Option<PathBuf>,
     pub settings: Settings,
+    /// The log filter and trace sampling that the extensions change at run time.
+    pub telemetry: Arc<crate::telemetry::Controls>,
 }
 
 /// The wired server: its edges (which hold the request path) and its control plane.
@@ -74,6 +76,7 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
         defaults,
         routes,
         settings,
+        telemetry,
     } = parts;
     let catalog = CatalogStore::new();
     let lifecycle = Lifecycle::new(sources, defaults, metrics.clone()).with_routes(routes);
@@ -102,6 +105,7 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
             request_timeout: settings.request_timeout,
             mlflow_webhook_secret: settings.mlflow_webhook_secret,
         },
+        telemetry,
         settings.strict_readiness,
     );
     App { edge, control }

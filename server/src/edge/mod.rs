@@ -10,6 +10,7 @@ pub mod auth;
 pub mod grpc;
 pub mod http;
 pub mod model_info;
+pub mod observability;
 pub mod tls;
 pub mod webhook;
 
@@ -35,6 +36,8 @@ pub const EXTENSIONS: &[&str] = &[
     "model_repository",
     "model_configuration",
     "statistics",
+    "trace",
+    "logging",
 ];
 
 /// Response header (HTTP) / metadata key (gRPC) naming the endpoint that routed a request.
@@ -56,6 +59,10 @@ pub enum Operation {
     RepositoryIndex,
     ModelLoad,
     ModelUnload,
+    /// The trace extension (read and change).
+    TraceSettings,
+    /// The logging extension (read and change).
+    LogSettings,
     Endpoints,
     /// Verified by its HMAC signature instead of a token.
     MlflowWebhook,
@@ -68,7 +75,10 @@ impl Operation {
     pub fn scope(self) -> Option<Scope> {
         match self {
             Operation::ServerLive | Operation::ServerReady | Operation::MlflowWebhook => None,
-            Operation::ModelLoad | Operation::ModelUnload => Some(Scope::Admin),
+            Operation::ModelLoad
+            | Operation::ModelUnload
+            | Operation::TraceSettings
+            | Operation::LogSettings => Some(Scope::Admin),
             Operation::ServerMetadata
             | Operation::ModelMetadata
             | Operation::ModelReady
@@ -142,6 +152,8 @@ pub struct Edge {
     pub control: Arc<Control>,
     pub canaries: Arc<Canaries>,
     pub settings: EdgeSettings,
+    /// Log filter and trace sampling (the logging and trace extensions).
+    pub telemetry: Arc<crate::telemetry::Controls>,
     /// Ready only when every model in the catalog has a serving version.
     strict_readiness: bool,
     draining: AtomicBool,
@@ -153,6 +165,7 @@ impl Edge {
         control: Arc<Control>,
         canaries: Arc<Canaries>,
         settings: EdgeSettings,
+        telemetry: Arc<crate::telemetry::Controls>,
         strict_readiness: bool,
     ) -> Arc<Self> {
         Arc::new(Edge {
@@ -160,6 +173,7 @@ impl Edge {
             control,
             canaries,
             settings,
+            telemetry,
             strict_readiness,
             draining: AtomicBool::new(false),
         })
@@ -241,6 +255,8 @@ mod tests {
             RepositoryIndex,
             ModelLoad,
             ModelUnload,
+            TraceSettings,
+            LogSettings,
             Endpoints,
             MlflowWebhook,
             Unknown,
@@ -248,7 +264,7 @@ mod tests {
         for operation in all {
             let expected = match operation {
                 ServerLive | ServerReady | MlflowWebhook => None,
-                ModelLoad | ModelUnload => Some(Scope::Admin),
+                ModelLoad | ModelUnload | TraceSettings | LogSettings => Some(Scope::Admin),
                 _ => Some(Scope::Inference),
             };
             assert_eq!(operation.scope(), expected, "{operation:?}");

@@ -40,6 +40,15 @@ pub fn settings() -> Settings {
     }
 }
 
+pub fn telemetry_config() -> switchyard::telemetry::TelemetryConfig {
+    switchyard::telemetry::TelemetryConfig {
+        log: "info".into(),
+        log_format: switchyard::telemetry::LogFormat::Text,
+        otlp_endpoint: None,
+        trace_sample_ratio: 1.0,
+    }
+}
+
 pub fn defaults() -> ConfigDefaults {
     ConfigDefaults {
         queue_capacity: 64,
@@ -57,6 +66,7 @@ pub async fn state_for(repo: &Path, settings: Settings) -> App {
             defaults: defaults(),
             routes: None,
             settings,
+            telemetry: switchyard::telemetry::Controls::detached(&telemetry_config()),
         },
         Metrics::new().unwrap(),
     );

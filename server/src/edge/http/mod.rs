@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 use switchyard_runtimes::TensorSpec;
 
-use crate::edge::{Edge, Operation, Protocol, model_info};
+use crate::edge::{Edge, Operation, Protocol, model_info, observability};
 use crate::error::ApiError;
 use codec::{HEADER_CONTENT_LENGTH, decode_request, encode_response};
 
@@ -95,6 +95,23 @@ pub fn router(edge: Arc<Edge>) -> Router {
             "/v2/repository/webhooks/mlflow",
             op(MlflowWebhook, post(mlflow_webhook)),
         )
+        .route(
+            "/v2/trace/setting",
+            op(TraceSettings, get(trace_get).post(trace_post)),
+        )
+        .route(
+            "/v2/models/{model}/trace/setting",
+            op(TraceSettings, get(model_trace_get).post(model_trace_post)),
+        )
+        .route("/v2/logging", op(LogSettings, get(log_get).post(log_post)))
+        .route(
+            "/v2/systemsharedmemory/{*rest}",
+            op(ServerMetadata, axum::routing::any(shared_memory)),
+        )
+        .route(
+            "/v2/cudasharedmemory/{*rest}",
+            op(ServerMetadata, axum::routing::any(shared_memory)),
+        )
         .route("/v2/endpoints", op(Endpoints, get(list_endpoints)))
         .route("/v2/endpoints/{endpoint}", op(Endpoints, get(get_endpoint)))
         .fallback_service(op(Unknown, axum::routing::any(no_route)).with_state(edge.clone()))
@@ -157,6 +174,14 @@ pub fn metrics_router(metrics: crate::metrics::Metrics) -> Router {
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+/// Shared memory is not offered; the extension's paths say so instead of a bare 404.
+async fn shared_memory() -> ApiError {
+    ApiError::invalid(
+        "shared memory is not offered by Switchyard: send tensors in the request \
+         (the binary tensor extension carries them without extra copies)",
+    )
 }
 
 async fn server_metadata() -> Response {
@@ -417,6 +442,158 @@ async fn infer_http(
         }
         Err(err) => err.into_response(),
     }
+}
+
+/// A settings body: one JSON object (an empty body changes nothing).
+async fn settings_body(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    let body = read_body(body, headers, 64 << 10).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    serde_json::from_slice(&body)
+        .map_err(|err| ApiError::invalid(format!("a settings body is one JSON object: {err}")))
+}
+
+fn trace_json(settings: Vec<(&'static str, observability::TraceValue)>) -> Response {
+    let object: serde_json::Map<String, serde_json::Value> = settings
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                observability::TraceValue::One(one) => json!(one),
+                observability::TraceValue::List(list) => json!(list),
+            };
+            (key.to_owned(), value)
+        })
+        .collect();
+    axum::Json(object).into_response()
+}
+
+/// Triton's JSON: a string, a list of strings, or null (clear); numbers are taken as written.
+fn trace_updates(
+    body: serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<observability::TraceUpdate>, ApiError> {
+    use serde_json::Value;
+    let text = |key: &str, value: &Value| match value {
+        Value::String(text) => Ok(text.clone()),
+        Value::Number(number) => Ok(number.to_string()),
+        other => Err(ApiError::invalid(format!(
+            "trace setting `{key}` takes a string or a list of strings, got {other}"
+        ))),
+    };
+    body.into_iter()
+        .map(|(key, value)| {
+            let values = match &value {
+                Value::Null => None,
+                Value::Array(items) => Some(
+                    items
+                        .iter()
+                        .map(|item| text(&key, item))
+                        .collect::<Result<_, _>>()?,
+                ),
+                one => Some(vec![text(&key, one)?]),
+            };
+            Ok((key, values))
+        })
+        .collect()
+}
+
+async fn trace_get(State(edge): State<Arc<Edge>>) -> Response {
+    trace_json(observability::trace_settings(&edge.telemetry))
+}
+
+async fn trace_post(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let updates = trace_updates(settings_body(&headers, body).await?)?;
+    Ok(trace_json(observability::update_trace_settings(
+        &edge.telemetry,
+        None,
+        updates,
+    )?))
+}
+
+async fn model_trace_get(
+    State(edge): State<Arc<Edge>>,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    edge.serving.catalog.snapshot().lookup(&model, None)?;
+    Ok(trace_json(observability::trace_settings(&edge.telemetry)))
+}
+
+async fn model_trace_post(
+    State(edge): State<Arc<Edge>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    edge.serving.catalog.snapshot().lookup(&model, None)?;
+    let updates = trace_updates(settings_body(&headers, body).await?)?;
+    Ok(trace_json(observability::update_trace_settings(
+        &edge.telemetry,
+        Some(&model),
+        updates,
+    )?))
+}
+
+fn log_json(settings: Vec<(&'static str, observability::LogValue)>) -> Response {
+    let object: serde_json::Map<String, serde_json::Value> = settings
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                observability::LogValue::Bool(on) => json!(on),
+                observability::LogValue::Uint(level) => json!(level),
+                observability::LogValue::Text(text) => json!(text),
+            };
+            (key.to_owned(), value)
+        })
+        .collect();
+    axum::Json(object).into_response()
+}
+
+async fn log_get(State(edge): State<Arc<Edge>>) -> Response {
+    log_json(observability::log_settings(&edge.telemetry))
+}
+
+async fn log_post(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use serde_json::Value;
+    let updates = settings_body(&headers, body)
+        .await?
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Value::Bool(on) => observability::LogValue::Bool(on),
+                Value::String(text) => observability::LogValue::Text(text),
+                Value::Number(number) => match number.as_u64().and_then(|n| u32::try_from(n).ok())
+                {
+                    Some(level) => observability::LogValue::Uint(level),
+                    None => {
+                        return Err(ApiError::invalid(format!(
+                            "logging setting `{key}` takes a whole number, got {number}"
+                        )));
+                    }
+                },
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "logging setting `{key}` takes a boolean, a whole number or a string, got {other}"
+                    )));
+                }
+            };
+            Ok((key, value))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(log_json(observability::update_log_settings(
+        &edge.telemetry,
+        updates,
+    )?))
 }
 
 #[derive(Deserialize, Default)]
