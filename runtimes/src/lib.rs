@@ -4,6 +4,7 @@
 //! client). Knows nothing of serving HTTP or gRPC, nor
 //! of the batching and routing that the server puts in front.
 
+pub mod call;
 pub mod datatype;
 pub mod onnx;
 pub mod remote;
@@ -12,6 +13,7 @@ pub mod signature;
 pub mod tensor;
 pub mod torch;
 
+pub use call::{Call, Parameter, RequestContext, Sequence};
 pub use datatype::{DataType, UnknownDataType};
 pub use runtime::{Health, Runtime, RuntimeError};
 pub use signature::{Signature, TensorSpec};

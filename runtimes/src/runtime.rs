@@ -1,6 +1,6 @@
 //! The `Runtime` trait every backend implements, and its error type.
 
-use crate::{Signature, Tensor, TensorError};
+use crate::{Call, Signature, Tensor, TensorError};
 
 /// A loaded model instance. Calls block; each instance is owned by one worker
 /// thread, so `run` may take `&mut self` and never runs on an async reactor.
@@ -11,33 +11,36 @@ pub trait Runtime: Send {
     /// the result holds every output of the signature, in its order.
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RuntimeError>;
 
-    /// `run` within a caller's trace: `traceparent` is a W3C trace context
-    /// header value that runtimes calling other services pass along.
-    fn run_traced(
-        &mut self,
-        inputs: &[Tensor],
-        traceparent: Option<&str>,
-    ) -> Result<Vec<Tensor>, RuntimeError> {
-        let _ = traceparent;
+    /// `run` with the call's context (trace, deadline, forwarded request);
+    /// runtimes calling other services pass it along.
+    fn run_call(&mut self, inputs: &[Tensor], call: &Call) -> Result<Vec<Tensor>, RuntimeError> {
+        let _ = call;
         self.run(inputs)
+    }
+
+    /// Whether this runtime passes requests on (parameters, requested outputs,
+    /// sequences): then the batcher keeps requests with different contexts
+    /// apart and hands each call its context.
+    fn forwards_requests(&self) -> bool {
+        false
     }
 
     /// Runs a batch as the batcher formed it: for each signature input, in
     /// order, the requests' row blocks in request order. The default joins
     /// the blocks along dimension 0 (here, on the worker thread, not on the
-    /// batcher's task) and calls `run_traced`; a runtime that can copy blocks
+    /// batcher's task) and calls `run_call`; a runtime that can copy blocks
     /// straight to where they are used (a device's staging buffer) overrides
     /// it and saves that copy.
     fn run_blocks(
         &mut self,
         blocks: &[Vec<Tensor>],
-        traceparent: Option<&str>,
+        call: &Call,
     ) -> Result<Vec<Tensor>, RuntimeError> {
         let inputs = blocks
             .iter()
             .map(|parts| Tensor::concat_rows(parts))
             .collect::<Result<Vec<_>, _>>()?;
-        self.run_traced(&inputs, traceparent)
+        self.run_call(&inputs, call)
     }
 
     /// Health shared by every instance, for runtimes that can become

@@ -130,5 +130,5 @@ def start_mlserver(workdir: Path, model_path: Path, name: str, inputs: list, out
     }))
     service = Service("mlserver", [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)],
                       f"http://127.0.0.1:{http_port}/v2/models/{name}/ready", timeout=120,
-                      env={"PYTHONPATH": str(PEERS)}, cwd=folder, exact_ok=True)
+                      env={"PYTHONPATH": str(PEERS), "SWITCHYARD_PEER_LOG": "1"}, cwd=folder, exact_ok=True)
     return service, http_port, grpc_port

@@ -672,7 +672,7 @@ impl Runtime for TorchRuntime {
     fn run_blocks(
         &mut self,
         blocks: &[Vec<Tensor>],
-        _traceparent: Option<&str>,
+        _call: &crate::Call,
     ) -> Result<Vec<Tensor>, RuntimeError> {
         self.forward_blocks(blocks)
     }

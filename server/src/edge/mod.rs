@@ -33,6 +33,7 @@ pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Protocol extensions we implement, as server metadata reports them.
 pub const EXTENSIONS: &[&str] = &[
     "binary_tensor_data",
+    "classification",
     "model_repository",
     "model_configuration",
     "statistics",

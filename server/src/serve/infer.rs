@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchyard_runtimes::{Signature, Tensor};
+use switchyard_runtimes::{Parameter, RequestContext, Sequence, Signature, Tensor};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -20,16 +20,114 @@ pub struct InferRequest {
     pub version: Option<String>,
     pub id: Option<String>,
     pub inputs: Vec<Tensor>,
-    /// Outputs asked for, by name; `None` = all of the model's outputs.
-    pub outputs: Option<Vec<String>>,
+    /// Outputs asked for; `None` = all of the model's outputs.
+    pub outputs: Option<Vec<RequestedOutput>>,
     /// Queue priority, 1 = most urgent (the `priority` parameter; 0 or absent = default).
     pub priority: Option<u32>,
     /// The `timeout` parameter (µs): may only shorten the model's default.
     pub timeout: Option<std::time::Duration>,
     /// Request headers (HTTP) or metadata (gRPC): routing reads pins and sticky keys here.
     pub headers: http::HeaderMap,
-    /// String and number request parameters, as text (for sticky keys).
-    pub parameters: std::collections::BTreeMap<String, String>,
+    /// Request-level parameters, typed, in the order given (sticky keys read
+    /// them; a forwarding runtime passes them on, less the gateway's own).
+    pub parameters: Vec<(String, Parameter)>,
+}
+
+/// One output a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedOutput {
+    pub name: String,
+    /// The classification extension: the top `k` classes as `"score:index[:label]"` strings.
+    pub classification: Option<usize>,
+}
+
+impl RequestedOutput {
+    pub fn named(name: impl Into<String>) -> Self {
+        RequestedOutput {
+            name: name.into(),
+            classification: None,
+        }
+    }
+}
+
+/// Checks a `classification` parameter's class count.
+pub fn class_count(output: &str, k: i128) -> Result<usize, ApiError> {
+    usize::try_from(k).ok().filter(|&k| (1..=65_536).contains(&k)).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "output `{output}`: parameter `classification` is the number of classes to return (1 or more), got {k}"
+        ))
+    })
+}
+
+/// Parameters the gateway itself consumes: never forwarded upstream.
+const GATEWAY_PARAMETERS: &[&str] = &["priority", "timeout", "binary_data_output"];
+
+impl InferRequest {
+    /// A request parameter's value as text (sticky keys).
+    pub fn parameter_text(&self, name: &str) -> Option<String> {
+        self.parameters
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_text())
+    }
+
+    /// What a forwarding runtime passes on; `None` when there is nothing to pass.
+    fn forwarded_context(&self) -> Result<Option<Arc<RequestContext>>, ApiError> {
+        let parameter = |name: &str| {
+            self.parameters
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, v)| v)
+        };
+        let flag = |name: &str| match parameter(name) {
+            None => Ok(false),
+            Some(Parameter::Bool(b)) => Ok(*b),
+            Some(other) => Err(ApiError::invalid(format!(
+                "parameter `{name}` is a boolean, got {}",
+                other.as_text()
+            ))),
+        };
+        let sequence = match parameter("sequence_id") {
+            None | Some(Parameter::Int(0)) => None,
+            Some(Parameter::Int(id)) if *id < 0 => {
+                return Err(ApiError::invalid(format!(
+                    "parameter `sequence_id` must be positive, got {id}"
+                )));
+            }
+            Some(Parameter::Text(id)) if id.is_empty() => None,
+            Some(Parameter::Int(id)) => Some(id.to_string()),
+            Some(Parameter::Text(id)) => Some(id.clone()),
+            Some(other) => {
+                return Err(ApiError::invalid(format!(
+                    "parameter `sequence_id` is an integer or a string, got {}",
+                    other.as_text()
+                )));
+            }
+        };
+        let sequence = match sequence {
+            Some(id) => Some(Sequence {
+                id,
+                start: flag("sequence_start")?,
+                end: flag("sequence_end")?,
+            }),
+            None => None,
+        };
+        let context = RequestContext {
+            parameters: self
+                .parameters
+                .iter()
+                .filter(|(key, _)| !GATEWAY_PARAMETERS.contains(&key.as_str()))
+                .cloned()
+                .collect(),
+            // Classified outputs are asked for raw: the gateway classifies them.
+            outputs: self
+                .outputs
+                .as_ref()
+                .map(|outputs| outputs.iter().map(|o| o.name.clone()).collect()),
+            sequence,
+        };
+        Ok((!context.is_empty()).then(|| Arc::new(context)))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -185,13 +283,21 @@ pub fn validate(model: &ModelVersion, request: &InferRequest) -> Result<(), ApiE
     }
     if let Some(requested) = &request.outputs {
         for (index, output) in requested.iter().enumerate() {
-            if signature.output(output).is_none() {
+            let Some(spec) = signature.output(&output.name) else {
                 let known: Vec<&str> = signature.outputs.iter().map(|s| s.name.as_str()).collect();
                 return Err(ApiError::invalid(format!(
-                    "unknown output `{output}` requested from model `{name}`; its outputs are {known:?}"
+                    "unknown output `{}` requested from model `{name}`; its outputs are {known:?}",
+                    output.name
                 )));
+            };
+            if output.classification.is_some() {
+                crate::serve::classify::check(spec)?;
             }
-            if requested[..index].contains(output) {
+            let output = &output.name;
+            if requested[..index]
+                .iter()
+                .any(|earlier| earlier.name == *output)
+            {
                 return Err(ApiError::invalid(format!(
                     "output `{output}` is requested twice"
                 )));
@@ -249,6 +355,11 @@ pub async fn infer(
 
 async fn run(model: &Arc<ModelVersion>, request: InferRequest) -> Result<InferResponse, ApiError> {
     validate(model, &request)?;
+    let context = if model.forwards_requests() {
+        request.forwarded_context()?
+    } else {
+        None
+    };
     let InferRequest {
         id,
         inputs,
@@ -257,7 +368,7 @@ async fn run(model: &Arc<ModelVersion>, request: InferRequest) -> Result<InferRe
         timeout,
         ..
     } = request;
-    let mut produced = model.infer(inputs, priority, timeout).await?;
+    let mut produced = model.infer(inputs, priority, timeout, context).await?;
     let produced_names: Vec<String> = model
         .signature
         .outputs
@@ -268,7 +379,18 @@ async fn run(model: &Arc<ModelVersion>, request: InferRequest) -> Result<InferRe
     let outputs = match outputs {
         Some(requested) => requested
             .iter()
-            .map(|name| take_output(&mut produced, name))
+            .map(|output| {
+                let tensor = take_output(&mut produced, &output.name)?;
+                match output.classification {
+                    None => Ok(tensor),
+                    Some(k) => crate::serve::classify::classify(
+                        &tensor,
+                        k,
+                        model.labels(&output.name),
+                        model.config.max_batch_size > 0,
+                    ),
+                }
+            })
             .collect::<Result<Vec<_>, _>>()?,
         None => produced_names
             .iter()

@@ -13,6 +13,7 @@
 
 pub mod batcher;
 pub mod catalog;
+pub mod classify;
 pub mod infer;
 pub mod model;
 pub mod route;

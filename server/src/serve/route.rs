@@ -110,9 +110,13 @@ pub fn route(
         .map(|v| catalog.resolve(&v.target).is_ok())
         .collect();
     let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
+    let sticky_parameter;
     let sticky = match &endpoint.sticky {
         Some(StickyKey::Header(name)) => header(name),
-        Some(StickyKey::Parameter(name)) => request.parameters.get(name).map(String::as_str),
+        Some(StickyKey::Parameter(name)) => {
+            sticky_parameter = request.parameter_text(name);
+            sticky_parameter.as_deref()
+        }
         None => None,
     };
     let index = choose(

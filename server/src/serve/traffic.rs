@@ -183,7 +183,7 @@ pub async fn run_shadow_workers(traffic: Arc<Traffic>, cancel: CancellationToken
                 let started = Instant::now();
                 // Lowest priority: shadow work yields to real traffic on a shared model.
                 let priority = Some(job.model.config.queue.priority_levels);
-                let result = job.model.infer(job.inputs, priority, None).await;
+                let result = job.model.infer(job.inputs, priority, None, None).await;
                 traffic.record(&job.endpoint, "shadow", result.is_ok(), started.elapsed());
             }
         });

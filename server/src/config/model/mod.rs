@@ -74,6 +74,13 @@ impl VersionPolicy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteConfig {
     pub upstreams: Vec<String>,
+    pub protocol: switchyard_runtimes::remote::Protocol,
+    /// HTTP upstreams: the binary tensor extension instead of JSON.
+    pub binary_data: bool,
+    pub tls: Option<switchyard_runtimes::remote::TlsFiles>,
+    /// Sent with every upstream call; `${VAR}` in a value is read from the environment.
+    pub headers: Vec<(String, String)>,
+    pub sequence_idle_timeout: Duration,
     /// The model's name on the upstreams (default: the same name).
     pub model: Option<String>,
     pub version: Option<String>,
@@ -226,6 +233,9 @@ pub struct ModelConfig {
     /// Declared inputs/outputs (full shapes). Empty = take the model's own.
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// Output → its labels file in the model folder (classification); an
+    /// output without one uses the folder's `labels.txt`, if any.
+    pub label_files: BTreeMap<String, String>,
     pub instance_count: usize,
     pub version_policy: VersionPolicy,
     pub queue: QueuePolicy,
@@ -252,6 +262,7 @@ impl ModelConfig {
             max_batch_size: 0,
             inputs: Vec::new(),
             outputs: Vec::new(),
+            label_files: BTreeMap::new(),
             instance_count: 1,
             version_policy: VersionPolicy::default(),
             queue: QueuePolicy {

@@ -18,6 +18,10 @@ pub(super) struct RawTensorConfig {
     pub(super) datatype: DataType,
     /// Dims without the batch dimension when `max_batch_size > 0` (Triton's convention).
     pub(super) dims: Vec<i64>,
+    /// Outputs: class labels, one per line, for the classification extension
+    /// (a file in the model folder; Triton's field name).
+    #[serde(default)]
+    pub(super) label_filename: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -104,6 +108,20 @@ pub(super) struct RawRemote {
     pub(super) retry_budget_percent: Option<f64>,
     pub(super) eject_after_failures: Option<u32>,
     pub(super) probe_interval_ms: Option<u64>,
+    pub(super) binary_data: Option<bool>,
+    pub(super) tls: Option<RawRemoteTls>,
+    #[serde(default)]
+    pub(super) headers: std::collections::BTreeMap<String, String>,
+    pub(super) sequence_idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRemoteTls {
+    pub(super) ca_file: Option<std::path::PathBuf>,
+    pub(super) cert_file: Option<std::path::PathBuf>,
+    pub(super) key_file: Option<std::path::PathBuf>,
+    pub(super) server_name: Option<String>,
 }
 
 /// `config.yaml` exactly as written; see `ModelConfig` for meanings.
@@ -229,6 +247,7 @@ impl RawModelConfig {
             max_batch_size,
             inputs: Vec::new(),
             outputs: Vec::new(),
+            label_files: BTreeMap::new(),
             instance_count,
             version_policy,
             queue,
@@ -268,6 +287,21 @@ impl RawModelConfig {
                     tensor.datatype,
                     config.full_shape(&tensor.dims),
                 );
+                if let Some(file) = &tensor.label_filename {
+                    if out == 0 {
+                        return Err(format!(
+                            "input `{}`: label_filename is for outputs",
+                            tensor.name
+                        ));
+                    }
+                    if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+                        return Err(format!(
+                            "output `{}`: label_filename `{file}` must name a file in the model folder",
+                            tensor.name
+                        ));
+                    }
+                    config.label_files.insert(tensor.name.clone(), file.clone());
+                }
                 if out == 0 {
                     config.inputs.push(spec);
                 } else {
@@ -345,19 +379,51 @@ impl RawRemote {
         if self.upstreams.is_empty() {
             return Err("remote.upstreams must list at least one host:port".to_owned());
         }
-        if let Some(protocol) = self.protocol.as_deref()
-            && protocol != "grpc"
-        {
-            return Err(format!(
-                "remote.protocol `{protocol}` is not supported; upstreams are called over grpc"
-            ));
+        use switchyard_runtimes::remote::Protocol;
+        let protocol = match self.protocol.as_deref() {
+            None | Some("grpc") => Protocol::Grpc,
+            Some("http") | Some("rest") => Protocol::Http,
+            Some(other) => {
+                return Err(format!(
+                    "remote.protocol `{other}` is not supported; expected `grpc` or `http`"
+                ));
+            }
+        };
+        if self.binary_data.is_some() && protocol != Protocol::Http {
+            return Err(
+                "remote.binary_data is for `protocol: http`; gRPC always sends raw tensors"
+                    .to_owned(),
+            );
         }
+        let tls = self.tls.map(|tls| switchyard_runtimes::remote::TlsFiles {
+            ca_file: tls.ca_file,
+            cert_file: tls.cert_file,
+            key_file: tls.key_file,
+            server_name: tls.server_name,
+        });
+        if let Some(tls) = &tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            return Err("remote.tls needs both cert_file and key_file, or neither".to_owned());
+        }
+        let headers = self
+            .headers
+            .into_iter()
+            .map(|(name, value)| Ok((name.clone(), expand_env(&name, &value)?)))
+            .collect::<Result<Vec<_>, String>>()?;
         let budget = self.retry_budget_percent.unwrap_or(20.0);
         if !(0.0..=100.0).contains(&budget) {
             return Err("remote.retry_budget_percent must be 0–100".to_owned());
         }
         Ok(RemoteConfig {
             upstreams: self.upstreams,
+            protocol,
+            binary_data: self.binary_data.unwrap_or(false),
+            tls,
+            headers,
+            sequence_idle_timeout: Duration::from_millis(
+                self.sequence_idle_timeout_ms.unwrap_or(300_000).max(1),
+            ),
             model: self.model,
             version: self.version,
             timeout: Duration::from_millis(self.timeout_ms.unwrap_or(30_000).max(1)),
@@ -368,6 +434,27 @@ impl RawRemote {
             probe_interval: Duration::from_millis(self.probe_interval_ms.unwrap_or(1_000).max(50)),
         })
     }
+}
+
+/// `${VAR}` in a header value comes from the environment, so tokens stay out of config files.
+fn expand_env(name: &str, value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("remote.headers.{name}: `${{` without a closing `}}`"))?;
+        let var = &after[..end];
+        let found = std::env::var(var).map_err(|_| {
+            format!("remote.headers.{name}: environment variable `{var}` is not set")
+        })?;
+        out.push_str(&found);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 impl RawBatching {

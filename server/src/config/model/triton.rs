@@ -58,6 +58,7 @@ pub fn from_triton(
                 let mut name = None;
                 let mut datatype = None;
                 let mut dims = Vec::new();
+                let mut label_filename = None;
                 for (field, v) in &m.fields {
                     match field.as_str() {
                         "name" => name = text_of(v),
@@ -69,6 +70,7 @@ pub fn from_triton(
                             );
                         }
                         "dims" => dims.push(int_of(v, "dims")?),
+                        "label_filename" => label_filename = text_of(v),
                         other => warnings
                             .push(format!("{kind}.{other} is not supported and has no effect")),
                     }
@@ -78,6 +80,7 @@ pub fn from_triton(
                     datatype: datatype
                         .ok_or_else(|| format!("config.pbtxt: an {kind} has no data_type"))?,
                     dims,
+                    label_filename,
                 })
             })
             .collect()

@@ -5,10 +5,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use switchyard_proto::model_infer_request::InferInputTensor;
 use switchyard_proto::model_infer_response::InferOutputTensor;
 use switchyard_proto::*;
-use switchyard_runtimes::{DataType, Tensor};
+use switchyard_runtimes::{DataType, Parameter, Tensor};
 
 use crate::error::ApiError;
-use crate::serve::infer::{InferRequest, InferResponse};
+use crate::serve::infer::{InferRequest, InferResponse, RequestedOutput};
 
 pub fn version_arg(version: &str) -> Option<&str> {
     (!version.is_empty()).then_some(version)
@@ -156,6 +156,32 @@ fn int_param(
     }
 }
 
+/// Request parameters, typed, sorted by name (a map has no order; equal
+/// parameter sets must compare equal for batching).
+fn typed_parameters(
+    parameters: std::collections::HashMap<String, InferParameter>,
+) -> Result<Vec<(String, Parameter)>, ApiError> {
+    use switchyard_proto::infer_parameter::ParameterChoice;
+    let mut typed = parameters
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let value = match value.parameter_choice? {
+                ParameterChoice::BoolParam(b) => Parameter::Bool(b),
+                ParameterChoice::Int64Param(i) => Parameter::Int(i),
+                ParameterChoice::Uint64Param(u) => match i64::try_from(u) {
+                    Ok(i) => Parameter::Int(i),
+                    Err(_) => Parameter::Text(u.to_string()),
+                },
+                ParameterChoice::DoubleParam(d) => Parameter::Double(d),
+                ParameterChoice::StringParam(s) => Parameter::Text(s),
+            };
+            Some((key, value))
+        })
+        .collect::<Vec<_>>();
+    typed.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(typed)
+}
+
 /// Decodes a gRPC request, enforcing the all-or-nothing rule for raw contents.
 pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, ApiError> {
     let ModelInferRequest {
@@ -202,17 +228,17 @@ pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, ApiErr
     let outputs = if outputs.is_empty() {
         None
     } else {
-        let mut names = Vec::with_capacity(outputs.len());
+        let mut requested = Vec::with_capacity(outputs.len());
         for output in outputs {
-            if output.parameters.contains_key("classification") {
-                return Err(ApiError::invalid(format!(
-                    "output `{}`: the `classification` parameter is not supported; request the raw output",
-                    output.name
-                )));
-            }
-            names.push(output.name);
+            let classification = int_param(&output.parameters, "classification")?
+                .map(|k| crate::serve::infer::class_count(&output.name, k))
+                .transpose()?;
+            requested.push(RequestedOutput {
+                name: output.name,
+                classification,
+            });
         }
-        Some(names)
+        Some(requested)
     };
     let (priority, timeout) = crate::serve::infer::queue_parameters(
         int_param(&parameters, "priority")?,
@@ -227,19 +253,7 @@ pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, ApiErr
         priority,
         timeout,
         headers: http::HeaderMap::new(),
-        parameters: parameters
-            .iter()
-            .filter_map(|(k, v)| {
-                use switchyard_proto::infer_parameter::ParameterChoice;
-                let text = match v.parameter_choice.as_ref()? {
-                    ParameterChoice::StringParam(s) => s.clone(),
-                    ParameterChoice::Int64Param(i) => i.to_string(),
-                    ParameterChoice::Uint64Param(u) => u.to_string(),
-                    _ => return None,
-                };
-                Some((k.clone(), text))
-            })
-            .collect(),
+        parameters: typed_parameters(parameters)?,
     })
 }
 

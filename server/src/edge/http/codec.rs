@@ -11,10 +11,10 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use switchyard_runtimes::{DataType, Tensor, element_count};
+use switchyard_runtimes::{DataType, Parameter, Tensor, element_count};
 
 use crate::error::ApiError;
-use crate::serve::infer::{InferRequest, InferResponse};
+use crate::serve::infer::{InferRequest, InferResponse, RequestedOutput};
 
 /// Header naming the length of the JSON part of a binary-extension body.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
@@ -104,6 +104,36 @@ fn int_param(params: &Option<Map<String, Value>>, key: &str) -> Result<Option<i1
     }
 }
 
+/// Request parameters, typed, sorted by name. Objects and arrays have no
+/// place in the protocol's parameters and are refused.
+fn typed_parameters(
+    params: Option<Map<String, Value>>,
+) -> Result<Vec<(String, Parameter)>, ApiError> {
+    let mut typed = Vec::new();
+    for (key, value) in params.into_iter().flatten() {
+        let value = match value {
+            Value::Bool(b) => Parameter::Bool(b),
+            Value::String(s) => Parameter::Text(s),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Parameter::Int(i),
+                None => match n.as_u64() {
+                    Some(u) => Parameter::Text(u.to_string()),
+                    None => Parameter::Double(n.as_f64().unwrap_or_default()),
+                },
+            },
+            Value::Null => continue,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "request parameter `{key}` must be a boolean, a number or a string, got {other}"
+                )));
+            }
+        };
+        typed.push((key, value));
+    }
+    typed.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(typed)
+}
+
 /// Decodes a request body. `header_length` is the binary extension's
 /// `Inference-Header-Content-Length`, when given.
 pub fn decode_request(
@@ -188,17 +218,16 @@ pub fn decode_request(
             let mut names = Vec::with_capacity(requested.len());
             for output in requested {
                 let owner = format!("output `{}`", output.name);
-                if let Some(params) = &output.parameters
-                    && params.contains_key("classification")
-                {
-                    return Err(ApiError::invalid(format!(
-                        "{owner}: the `classification` parameter is not supported; request the raw output"
-                    )));
-                }
+                let classification = int_param(&output.parameters, "classification")?
+                    .map(|k| crate::serve::infer::class_count(&output.name, k))
+                    .transpose()?;
                 if let Some(binary) = bool_param(&output.parameters, "binary_data", &owner)? {
                     binary_outputs.push((output.name.clone(), binary));
                 }
-                names.push(output.name);
+                names.push(RequestedOutput {
+                    name: output.name,
+                    classification,
+                });
             }
             Some(names)
         }
@@ -217,16 +246,7 @@ pub fn decode_request(
             priority,
             timeout,
             headers: http::HeaderMap::new(),
-            parameters: parsed
-                .parameters
-                .iter()
-                .flatten()
-                .filter_map(|(k, v)| match v {
-                    Value::String(s) => Some((k.clone(), s.clone())),
-                    Value::Number(n) => Some((k.clone(), n.to_string())),
-                    _ => None,
-                })
-                .collect(),
+            parameters: typed_parameters(parsed.parameters)?,
         },
         binary: BinaryPrefs {
             default: binary_output_default,

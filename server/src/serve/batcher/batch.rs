@@ -24,6 +24,10 @@ pub struct Batch {
     pub(super) compute: ComputeTable,
     /// The spans of the requests in the batch, for the worker's runtime span.
     pub spans: Vec<tracing::Span>,
+    /// The requests' context, for runtimes that forward requests.
+    pub context: Option<Arc<switchyard_runtimes::RequestContext>>,
+    /// The latest deadline among the requests: nobody waits for an answer after it.
+    pub deadline: Option<std::time::Instant>,
     pub(super) _slot: SlotGuard,
 }
 

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use switchyard_runtimes::{Signature, Tensor};
+use switchyard_runtimes::{RequestContext, Signature, Tensor};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -53,8 +53,8 @@ pub type Reply = Result<Vec<Tensor>, ApiError>;
 struct Pending {
     inputs: Vec<Tensor>,
     rows: usize,
-    /// Non-batch dims of every input, padded dims blanked: requests with equal keys merge.
-    key: Vec<Vec<i64>>,
+    /// Requests with equal keys merge.
+    key: MergeKey,
     level: usize,
     enqueued: Instant,
     /// The request's timeout or the server's bound (`max_request_time`), whichever is sooner.
@@ -65,6 +65,27 @@ struct Pending {
     /// The request's span, and the span of its wait in the queue (closed when its batch forms).
     span: tracing::Span,
     _queued: tracing::Span,
+}
+
+/// What decides whether two requests may share a batch: the non-batch dims
+/// of every input (padded dims blanked) and, for runtimes that forward
+/// requests, the request's context (parameters, outputs). A request of a
+/// sequence never merges: each of its steps is one upstream call.
+#[derive(Debug, Clone)]
+struct MergeKey {
+    dims: Vec<Vec<i64>>,
+    context: Option<Arc<RequestContext>>,
+}
+
+impl PartialEq for MergeKey {
+    fn eq(&self, other: &Self) -> bool {
+        let in_sequence =
+            |key: &MergeKey| key.context.as_ref().is_some_and(|c| c.sequence.is_some());
+        !in_sequence(self)
+            && !in_sequence(other)
+            && self.dims == other.dims
+            && self.context == other.context
+    }
 }
 
 /// Everything the batcher needs to know about its model version.
@@ -152,6 +173,8 @@ pub struct Submission {
     pub priority: Option<u32>,
     /// Asked-for timeout; the model's default applies when shorter or unset.
     pub timeout: Option<Duration>,
+    /// What a forwarding runtime passes on (`None` for the others).
+    pub context: Option<Arc<RequestContext>>,
 }
 
 impl BatcherHandle {
@@ -178,7 +201,10 @@ impl BatcherHandle {
             _ => (bound, true),
         };
         let rows = submission.inputs.first().map_or(1, Tensor::rows);
-        let key = merge_key(&submission.inputs, settings);
+        let key = MergeKey {
+            dims: merge_dims(&submission.inputs, settings),
+            context: submission.context,
+        };
 
         let _in_flight = self.metrics.in_flight();
         // Admission: claim a place in the level or refuse at once.
@@ -287,7 +313,7 @@ fn expiry_error(settings: &BatcherSettings, bounded_by_server: bool) -> ApiError
     )
 }
 
-fn merge_key(inputs: &[Tensor], settings: &BatcherSettings) -> Vec<Vec<i64>> {
+fn merge_dims(inputs: &[Tensor], settings: &BatcherSettings) -> Vec<Vec<i64>> {
     inputs
         .iter()
         .map(|t| {

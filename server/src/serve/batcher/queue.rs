@@ -229,7 +229,7 @@ impl Batcher {
         };
         let mut taken: Vec<Pending> = Vec::new();
         let mut rows = 0;
-        let mut key: Option<Vec<Vec<i64>>> = None;
+        let mut key: Option<super::MergeKey> = None;
         'levels: for level in 0..self.levels.len() {
             let mut index = 0;
             while index < self.levels[level].len() {
@@ -358,6 +358,9 @@ impl Batcher {
             Vec::new()
         };
         let spans: Vec<tracing::Span> = taken.iter().map(|p| p.span.clone()).collect();
+        // Equal keys: the first request's context is every request's.
+        let context = taken.first().and_then(|p| p.key.context.clone());
+        let deadline = taken.iter().map(|p| p.deadline).max();
         let requests: Vec<(usize, Vec<i64>, oneshot::Sender<Reply>)> = taken
             .into_iter()
             .zip(lengths)
@@ -373,6 +376,8 @@ impl Batcher {
             cut,
             compute: self.adaptive.compute.clone(),
             spans,
+            context,
+            deadline: deadline.map(tokio::time::Instant::into_std),
             _slot: SlotGuard {
                 busy: self.busy.clone(),
                 freed: self.freed.clone(),

@@ -73,6 +73,7 @@ fn submit(
                 inputs,
                 priority,
                 timeout: timeout_ms.map(Duration::from_millis),
+                context: None,
             })
             .await
     })

@@ -50,6 +50,11 @@ pub fn load_runtimes(
         (Platform::Remote, Some(remote)) => {
             let options = RemoteOptions {
                 upstreams: remote.upstreams.clone(),
+                protocol: remote.protocol,
+                binary_data: remote.binary_data,
+                tls_files: remote.tls.clone(),
+                headers: remote.headers.clone(),
+                sequence_idle_timeout: remote.sequence_idle_timeout,
                 model: remote.model.clone().unwrap_or_else(|| name.to_owned()),
                 version: remote.version.clone(),
                 timeout: remote.timeout,
@@ -93,6 +98,36 @@ pub fn load_runtimes(
     Ok(runtimes)
 }
 
+/// Labels for the classification extension: each output's `label_filename`
+/// (which must exist), else the model folder's `labels.txt` for every output.
+fn read_labels(
+    version_dir: &Path,
+    config: &ModelConfig,
+    signature: &Signature,
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
+    use crate::serve::classify::read_labels as read;
+    let model_dir = version_dir.parent().unwrap_or(version_dir);
+    let mut labels = std::collections::BTreeMap::new();
+    for (output, file) in &config.label_files {
+        if signature.output(output).is_none() {
+            return Err(format!(
+                "label_filename is given for `{output}`, which the model does not output"
+            ));
+        }
+        labels.insert(output.clone(), read(&model_dir.join(file))?);
+    }
+    let shared = model_dir.join("labels.txt");
+    if shared.is_file() {
+        let shared = read(&shared)?;
+        for spec in &signature.outputs {
+            labels
+                .entry(spec.name.clone())
+                .or_insert_with(|| shared.clone());
+        }
+    }
+    Ok(labels)
+}
+
 /// A served model version. Cheap to share (`Arc`); the runtime lives on its workers.
 pub struct ModelVersion {
     pub name: String,
@@ -103,6 +138,10 @@ pub struct ModelVersion {
     /// For runtimes that can become unreachable (remote upstreams).
     health: Option<Arc<dyn switchyard_runtimes::Health>>,
     breaker: Arc<Breaker>,
+    /// The runtime passes requests on (remote): they carry their context to it.
+    forwards_requests: bool,
+    /// Class labels per output (the classification extension).
+    labels: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl std::fmt::Debug for ModelVersion {
@@ -128,6 +167,7 @@ impl ModelVersion {
         let started = Instant::now();
         let mut runtimes = load_runtimes(name, version_dir, config)?;
         let health = runtimes.first().and_then(|rt| rt.health());
+        let forwards_requests = runtimes.first().is_some_and(|rt| rt.forwards_requests());
         let runtime_health = health.clone();
         let model_signature = runtimes
             .first()
@@ -137,6 +177,7 @@ impl ModelVersion {
         if config.warmup {
             warm_up(&mut runtimes, &signature, config)?;
         }
+        let labels = read_labels(version_dir, config, &signature)?;
         let model_metrics = metrics.for_model(name, version, config.max_batch_size as usize);
         let breaker = Arc::new(Breaker::new(
             config.unhealthy_after_failures,
@@ -167,6 +208,8 @@ impl ModelVersion {
             batcher,
             health: runtime_health,
             breaker,
+            forwards_requests,
+            labels,
         }))
     }
 
@@ -203,14 +246,27 @@ impl ModelVersion {
         inputs: Vec<Tensor>,
         priority: Option<u32>,
         timeout: Option<Duration>,
+        context: Option<Arc<switchyard_runtimes::RequestContext>>,
     ) -> Result<Vec<Tensor>, ApiError> {
         self.batcher
             .submit(Submission {
                 inputs,
                 priority,
                 timeout,
+                // Other runtimes ignore it, and it would only keep requests apart.
+                context: context.filter(|_| self.forwards_requests),
             })
             .await
+    }
+
+    /// The class labels of an output, if it has any.
+    pub fn labels(&self, output: &str) -> Option<&[String]> {
+        self.labels.get(output).map(Vec::as_slice)
+    }
+
+    /// Whether requests reach the runtime with their parameters and requested outputs.
+    pub fn forwards_requests(&self) -> bool {
+        self.forwards_requests
     }
 
     /// Why the version cannot serve right now, if it cannot (a remote upstream

@@ -84,10 +84,14 @@ pub(super) fn worker(
         for other in batch.spans.iter().skip(1) {
             span.follows_from(other);
         }
-        let traceparent = crate::telemetry::traceparent(&span);
+        let call = switchyard_runtimes::Call {
+            traceparent: crate::telemetry::traceparent(&span),
+            deadline: batch.deadline,
+            request: batch.context.clone(),
+        };
         let _entered = span.enter();
         let started = Instant::now();
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.run_blocks(&batch.blocks, traceparent.as_deref()))).unwrap_or_else(|panic| {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.run_blocks(&batch.blocks, &call))).unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
