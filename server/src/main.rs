@@ -122,6 +122,7 @@ async fn run(
             poll_interval: Some(config.repository_poll_interval),
             watch: watched,
             tls,
+            connections: config.connections(),
         },
         shutdown,
     )

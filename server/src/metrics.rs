@@ -45,6 +45,8 @@ pub struct Metrics {
     routes_errors: prometheus::IntCounter,
     in_flight: IntGaugeVec,
     model_events: IntCounterVec,
+    open_connections: IntGaugeVec,
+    connections_refused: IntCounterVec,
 }
 
 /// Decrements the in-flight gauge when the request is answered (or abandoned).
@@ -376,6 +378,22 @@ impl Metrics {
             ),
             &["model", "event"],
         )?;
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_open_connections",
+                "Connections open on each listener (http, grpc).",
+            ),
+            &["listener"],
+        )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "switchyard_connections_refused_total",
+                "Connections closed unserved: max_connections (the listener's cap) or tls_handshakes (too many handshakes at once).",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(open_connections.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(model_events.clone()))?;
         registry.register(Box::new(endpoint_requests.clone()))?;
@@ -422,6 +440,8 @@ impl Metrics {
             routes_errors,
             in_flight,
             model_events,
+            open_connections,
+            connections_refused,
         })
     }
 
@@ -449,6 +469,33 @@ impl Metrics {
                     .with_label_values(&[endpoint, decision]);
             }
         }
+    }
+
+    /// A listener's connection series, at zero.
+    pub fn expose_listener(&self, listener: &str) {
+        let _ = self.open_connections.with_label_values(&[listener]);
+        for reason in ["max_connections", "tls_handshakes"] {
+            let _ = self
+                .connections_refused
+                .with_label_values(&[listener, reason]);
+        }
+    }
+
+    pub fn connection_opened(&self, listener: &str) {
+        self.open_connections.with_label_values(&[listener]).inc();
+    }
+
+    pub fn connection_closed(&self, listener: &str) {
+        self.open_connections.with_label_values(&[listener]).dec();
+    }
+
+    /// Counts a refused connection; returns how many this listener refused so far.
+    pub fn connection_refused(&self, listener: &str, reason: &str) -> u64 {
+        let counter = self
+            .connections_refused
+            .with_label_values(&[listener, reason]);
+        counter.inc();
+        counter.get()
     }
 
     /// A model version event: `swapped_in`, `retired` or `unloaded`.

@@ -212,9 +212,51 @@ pub struct Config {
     /// After closing listeners, the most time in-flight requests get to finish.
     #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Open connections per listener (HTTP, gRPC); more are closed at once
+    /// and counted in switchyard_connections_refused_total.
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// HTTP/1: time a client has to send a request's headers, counted from when
+    /// the connection waits for them (so idle keep-alive connections close after it too).
+    #[arg(long, env = "SWITCHYARD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// HTTP/2 and gRPC: concurrent streams (requests) per connection.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// HTTP/2 and gRPC: ping a peer this often; it is dropped when a ping is
+    /// not answered within --keepalive-timeout.
+    #[arg(long, env = "SWITCHYARD_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+
+    #[arg(long, env = "SWITCHYARD_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// TLS handshakes in progress per listener; more connections are closed at once.
+    #[arg(long, env = "SWITCHYARD_MAX_TLS_HANDSHAKES", default_value_t = 256)]
+    pub max_tls_handshakes: usize,
 }
 
 impl Config {
+    /// The listeners' connection limits.
+    pub fn connections(&self) -> crate::edge::conn::ConnectionSettings {
+        crate::edge::conn::ConnectionSettings {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            max_concurrent_streams: self.max_concurrent_streams,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            max_tls_handshakes: self.max_tls_handshakes,
+        }
+    }
+
     /// Checks what clap cannot; run before binding any port.
     pub fn validate(&self) -> Result<(), String> {
         for repository in &self.model_repository {
@@ -238,6 +280,24 @@ impl Config {
         if self.max_request_bytes == 0 || self.grpc_max_message_bytes == 0 {
             return Err(
                 "--max-request-bytes and --grpc-max-message-bytes must be positive".to_owned(),
+            );
+        }
+        if self.max_connections == 0
+            || self.max_concurrent_streams == 0
+            || self.max_tls_handshakes == 0
+        {
+            return Err(
+                "--max-connections, --max-concurrent-streams and --max-tls-handshakes must be positive"
+                    .to_owned(),
+            );
+        }
+        if self.header_read_timeout.is_zero()
+            || self.keepalive_interval.is_zero()
+            || self.keepalive_timeout.is_zero()
+        {
+            return Err(
+                "--header-read-timeout, --keepalive-interval and --keepalive-timeout must be positive"
+                    .to_owned(),
             );
         }
         let addrs = [self.http_addr, self.grpc_addr, self.metrics_addr];

@@ -23,6 +23,7 @@ use crate::control::canary::Canaries;
 use crate::control::lifecycle::Lifecycle;
 use crate::control::source::Source;
 use crate::edge::auth::Tokens;
+use crate::edge::conn::{Admission, TcpIncoming, serve_http};
 use crate::edge::{Edge, EdgeSettings};
 use crate::metrics::Metrics;
 use crate::serve::catalog::CatalogStore;
@@ -153,6 +154,8 @@ pub struct ServeOptions {
     pub watch: Vec<std::path::PathBuf>,
     /// TLS for the HTTP and gRPC listeners (metrics stay plain).
     pub tls: Option<Arc<crate::edge::tls::Tls>>,
+    /// Connection caps, timeouts and HTTP/2 limits for the HTTP and gRPC listeners.
+    pub connections: crate::edge::conn::ConnectionSettings,
 }
 
 /// Serves until `shutdown` resolves, then drains: readiness false at once,
@@ -229,33 +232,47 @@ pub async fn serve(
         .accept_compressed(tonic::codec::CompressionEncoding::Deflate)
         .max_decoding_message_size(options.grpc_max_message_bytes)
         .max_encoding_message_size(options.grpc_max_message_bytes);
+    let limits = options.connections.clone();
     let grpc_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .layer(tower::util::MapResponseLayer::new(
             crate::error::classify_tonic_errors::<tonic::body::Body>,
         ))
         .add_service(health_service)
         .add_service(inference);
-    let stopped = close.clone().cancelled_owned();
+    let http_admission = Admission::new("http", limits.max_connections, serving.metrics.clone());
+    let grpc_admission = Admission::new("grpc", limits.max_connections, serving.metrics.clone());
     match &options.tls {
         None => {
-            // Small request/response exchanges: Nagle's algorithm would add ~40 ms stalls.
-            let listener = axum::serve::ListenerExt::tap_io(listeners.http, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let http = axum::serve(listener, router).with_graceful_shutdown(stopped);
-            servers.spawn(report("HTTP", http.into_future()));
-            let incoming = tonic::transport::server::TcpIncoming::from(listeners.grpc)
-                .with_nodelay(Some(true));
+            let incoming = TcpIncoming {
+                listener: listeners.http,
+                admission: http_admission,
+            };
+            let http = serve_http(incoming, router, limits.clone(), close.clone());
+            servers.spawn(report("HTTP", http));
+            let incoming = crate::edge::conn::grpc_incoming(listeners.grpc, grpc_admission);
             let grpc =
                 grpc_server.serve_with_incoming_shutdown(incoming, close.clone().cancelled_owned());
             servers.spawn(report("gRPC", grpc));
         }
         Some(tls) => {
             tasks.spawn(tls.clone().watch(close.clone()));
-            let listener = tls.http_listener(listeners.http, close.clone())?;
-            let http = axum::serve(listener, router).with_graceful_shutdown(stopped);
-            servers.spawn(report("HTTPS", http.into_future()));
-            let incoming = tls.grpc_incoming(listeners.grpc, close.clone());
+            let incoming = tls.http_incoming(
+                listeners.http,
+                http_admission,
+                limits.max_tls_handshakes,
+                close.clone(),
+            );
+            let http = serve_http(incoming, router, limits.clone(), close.clone());
+            servers.spawn(report("HTTPS", http));
+            let incoming = tls.grpc_incoming(
+                listeners.grpc,
+                grpc_admission,
+                limits.max_tls_handshakes,
+                close.clone(),
+            );
             let grpc =
                 grpc_server.serve_with_incoming_shutdown(incoming, close.clone().cancelled_owned());
             servers.spawn(report("gRPC (TLS)", grpc));

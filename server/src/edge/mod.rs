@@ -7,6 +7,7 @@
 //! imports the other.
 
 pub mod auth;
+pub mod conn;
 pub mod grpc;
 pub mod http;
 pub mod model_info;

@@ -2,7 +2,8 @@
 //! for mutual TLS. Certificate, key and CA files are re-read when they change
 //! (checked every few seconds); a broken new file is logged and the previous
 //! certificate keeps serving. Handshakes run concurrently, each bounded in
-//! time, so a slow or silent client cannot hold up the accept loop.
+//! time and their number bounded per listener, so slow or silent clients
+//! can hold up neither the accept loop nor memory.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::edge::conn::{Admission, Admitted};
 
 /// How long a client has to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,30 +144,36 @@ impl Tls {
         }
     }
 
-    /// Accepts TCP connections and completes handshakes concurrently; ready
-    /// streams come out of the returned channel.
+    /// Accepts admitted TCP connections and completes up to `max_handshakes`
+    /// handshakes at once (more connections are closed at once and counted);
+    /// ready streams come out of the returned channel.
     fn accept(
         self: &Arc<Self>,
         listener: TcpListener,
         grpc: bool,
+        admission: Admission,
+        max_handshakes: usize,
         cancel: CancellationToken,
-    ) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    ) -> mpsc::Receiver<(TlsStream<Admitted<TcpStream>>, SocketAddr)> {
         let (ready, incoming) = mpsc::channel(128);
         let tls = self.clone();
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(max_handshakes.max(1)));
         tokio::spawn(async move {
             loop {
-                let (tcp, peer) = tokio::select! {
+                let tcp = tokio::select! {
                     _ = cancel.cancelled() => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(err) => {
-                            debug!(error = %err, "Accept failed.");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
+                    tcp = crate::edge::conn::accept_tcp(&listener, &admission) => match tcp {
+                        Some(tcp) => tcp,
+                        None => break,
                     },
                 };
-                let _ = tcp.set_nodelay(true);
+                let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                    admission.refuse("tls_handshakes");
+                    continue;
+                };
+                let Ok(peer) = tcp.get_ref().peer_addr() else {
+                    continue;
+                };
                 let config = if grpc {
                     tls.grpc.load_full()
                 } else {
@@ -173,12 +182,13 @@ impl Tls {
                 let ready = ready.clone();
                 // Not tracked: bounded by the handshake timeout.
                 tokio::spawn(async move {
-                    match tokio::time::timeout(
+                    let result = tokio::time::timeout(
                         HANDSHAKE_TIMEOUT,
                         TlsAcceptor::from(config).accept(tcp),
                     )
-                    .await
-                    {
+                    .await;
+                    drop(handshake);
+                    match result {
                         Ok(Ok(stream)) => {
                             let _ = ready.send((stream, peer)).await;
                         }
@@ -191,26 +201,28 @@ impl Tls {
         incoming
     }
 
-    /// An axum listener serving TLS.
-    pub fn http_listener(
+    /// TLS connections for the HTTP server.
+    pub fn http_incoming(
         self: &Arc<Self>,
         listener: TcpListener,
+        admission: Admission,
+        max_handshakes: usize,
         cancel: CancellationToken,
-    ) -> std::io::Result<TlsListener> {
-        let local = listener.local_addr()?;
-        Ok(TlsListener {
-            incoming: self.accept(listener, false, cancel),
-            local,
-        })
+    ) -> TlsIncoming {
+        TlsIncoming {
+            incoming: self.accept(listener, false, admission, max_handshakes, cancel),
+        }
     }
 
     /// A stream of TLS connections for tonic.
     pub fn grpc_incoming(
         self: &Arc<Self>,
         listener: TcpListener,
+        admission: Admission,
+        max_handshakes: usize,
         cancel: CancellationToken,
     ) -> impl futures::Stream<Item = Result<TlsConnection, std::io::Error>> + Send + 'static {
-        let incoming = self.accept(listener, true, cancel);
+        let incoming = self.accept(listener, true, admission, max_handshakes, cancel);
         futures::stream::unfold(incoming, |mut incoming| async move {
             incoming
                 .recv()
@@ -220,31 +232,21 @@ impl Tls {
     }
 }
 
-pub struct TlsListener {
-    incoming: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
+pub struct TlsIncoming {
+    incoming: mpsc::Receiver<(TlsStream<Admitted<TcpStream>>, SocketAddr)>,
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+impl crate::edge::conn::Incoming for TlsIncoming {
+    type Io = TlsStream<Admitted<TcpStream>>;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.incoming.recv().await {
-            Some(accepted) => accepted,
-            // The accept loop stopped (shutdown): wait for the server to stop too.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+    async fn next(&mut self) -> Option<Self::Io> {
+        self.incoming.recv().await.map(|(stream, _)| stream)
     }
 }
 
 /// A TLS connection as tonic wants it (connection info for request extensions).
 pub struct TlsConnection {
-    stream: TlsStream<TcpStream>,
+    stream: TlsStream<Admitted<TcpStream>>,
     peer: SocketAddr,
 }
 

@@ -104,6 +104,7 @@ impl TestServer {
             poll_interval: None,
             watch: Vec::new(),
             tls: None,
+            connections: Default::default(),
         };
         let task = tokio::spawn(serve(state.clone(), listeners, options, async {
             let _ = rx.await;
