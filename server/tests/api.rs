@@ -192,9 +192,18 @@ async fn grpc_inference_health_and_metrics_over_real_sockets() {
         raw_input_contents: vec![vec![0u8; 3 * 256 * 4].into()],
         ..Default::default()
     };
-    let response = client.model_infer(request).await.unwrap().into_inner();
+    let response = client
+        .model_infer(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.outputs[0].shape, vec![3, 10]);
     assert_eq!(response.raw_output_contents[0].len(), 3 * 10 * 4);
+    // A zstd-compressed request (grpc-go and grpc-java clients can send one) is taken.
+    let mut zstd = GrpcInferenceServiceClient::new(channel(&endpoint).await)
+        .send_compressed(tonic::codec::CompressionEncoding::Zstd);
+    let compressed = zstd.model_infer(request).await.unwrap().into_inner();
+    assert_eq!(compressed.raw_output_contents, response.raw_output_contents);
 
     let err = client
         .repository_model_load(RepositoryModelLoadRequest {
@@ -222,7 +231,7 @@ async fn grpc_inference_health_and_metrics_over_real_sockets() {
     assert_eq!(status, 200);
     let text = String::from_utf8(body).unwrap();
     assert!(
-        text.contains(r#"switchyard_requests_total{model="mlp",outcome="success",protocol="grpc",version="1"} 1"#),
+        text.contains(r#"switchyard_requests_total{model="mlp",outcome="success",protocol="grpc",version="1"} 2"#),
         "{text}"
     );
     assert!(text.contains("switchyard_model_ready"), "{text}");

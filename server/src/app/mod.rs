@@ -230,6 +230,7 @@ pub async fn serve(
         // gzip on every call, and compressing every answer would cost every client.
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
         .accept_compressed(tonic::codec::CompressionEncoding::Deflate)
+        .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
         .max_decoding_message_size(options.grpc_max_message_bytes)
         .max_encoding_message_size(options.grpc_max_message_bytes);
     let limits = options.connections.clone();

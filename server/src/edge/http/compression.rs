@@ -1,4 +1,4 @@
-//! HTTP body compression: `Content-Encoding: gzip | deflate` request bodies
+//! HTTP body compression: `Content-Encoding: gzip | deflate | zstd` request bodies
 //! are inflated with the size limit applied to the *inflated* size while
 //! inflating (a zip bomb costs at most the limit, never its inflated size), and
 //! inference responses are compressed when the client's `Accept-Encoding`
@@ -18,6 +18,7 @@ pub enum Encoding {
     Gzip,
     /// zlib-wrapped deflate, as HTTP's `deflate` means it (RFC 9110).
     Deflate,
+    Zstd,
 }
 
 impl Encoding {
@@ -25,6 +26,7 @@ impl Encoding {
         match name.trim().to_ascii_lowercase().as_str() {
             "gzip" | "x-gzip" => Some(Encoding::Gzip),
             "deflate" => Some(Encoding::Deflate),
+            "zstd" => Some(Encoding::Zstd),
             _ => None,
         }
     }
@@ -33,6 +35,7 @@ impl Encoding {
         HeaderValue::from_static(match self {
             Encoding::Gzip => "gzip",
             Encoding::Deflate => "deflate",
+            Encoding::Zstd => "zstd",
         })
     }
 }
@@ -48,7 +51,7 @@ pub fn request_encoding(headers: &HeaderMap) -> Result<Option<Encoding>, ApiErro
     }
     Encoding::parse(text).map(Some).ok_or_else(|| {
         ApiError::invalid(format!(
-            "Content-Encoding {value:?} is not supported; send gzip, deflate or an uncompressed body"
+            "Content-Encoding {value:?} is not supported; send gzip, deflate, zstd or an uncompressed body"
         ))
     })
 }
@@ -80,6 +83,9 @@ pub fn inflate(encoding: Encoding, body: &[u8], limit: usize) -> Result<Bytes, A
     let reader: Box<dyn Read + '_> = match encoding {
         Encoding::Gzip => Box::new(flate2::read::GzDecoder::new(body)),
         Encoding::Deflate => Box::new(flate2::read::ZlibDecoder::new(body)),
+        Encoding::Zstd => Box::new(zstd::stream::read::Decoder::new(body).map_err(|err| {
+            ApiError::invalid(format!("the zstd request body is corrupt: {err}"))
+        })?),
     };
     reader
         .take(limit as u64 + 1)
@@ -114,6 +120,7 @@ pub fn deflate(encoding: Encoding, body: &[u8]) -> Result<Bytes, ApiError> {
             writer.write_all(body).map_err(failed)?;
             writer.finish().map_err(failed)?
         }
+        Encoding::Zstd => zstd::bulk::compress(body, 1).map_err(failed)?,
     };
     Ok(Bytes::from(out))
 }
@@ -125,7 +132,7 @@ mod tests {
     #[test]
     fn round_trips_and_a_bomb_stops_at_the_limit() {
         let body = vec![b'7'; 100_000];
-        for encoding in [Encoding::Gzip, Encoding::Deflate] {
+        for encoding in [Encoding::Gzip, Encoding::Deflate, Encoding::Zstd] {
             let packed = deflate(encoding, &body).unwrap();
             assert!(packed.len() < 2_000, "{encoding:?}: {}", packed.len());
             assert_eq!(&inflate(encoding, &packed, 100_000).unwrap()[..], &body[..]);
@@ -152,6 +159,10 @@ mod tests {
         assert_eq!(
             response_encoding(&headers("deflate;q=1, gzip;q=0.5")),
             Some(Encoding::Deflate)
+        );
+        assert_eq!(
+            response_encoding(&headers("zstd, gzip;q=0.9")),
+            Some(Encoding::Zstd)
         );
         assert_eq!(response_encoding(&headers("br, identity")), None);
         assert_eq!(response_encoding(&headers("gzip;q=0")), None);
