@@ -141,6 +141,13 @@ def test_model_control_unloads_and_loads(tmp_path):
         time.sleep(0.6)  # the poller must not bring it back by itself
         assert infer_version(server.http)[0] == 404
         assert [r["state"] for r in index(server.http)] == ["UNAVAILABLE"]
+        # Unloaded, still in the repository: "not ready" on both protocols, not "unknown".
+        import tritonclient.grpc as grpcclient
+        import tritonclient.http as httpclient
+        assert grpcclient.InferenceServerClient(server.grpc).is_model_ready("versioned") is False
+        assert httpclient.InferenceServerClient(server.http).is_model_ready("versioned") is False
+        ready = requests.get(f"http://{server.http}/v2/models/versioned/ready", timeout=10)
+        assert (ready.status_code, ready.json()) == (503, {"name": "versioned", "ready": False})
         assert requests.post(f"{base}/load", timeout=30).status_code == 200
         assert infer_version(server.http) == (200, "1")
         # Loading a model whose only version is corrupt reports why.

@@ -48,6 +48,13 @@ pub fn ready(catalog: &Catalog, model: &str, version: Option<&str>) -> Result<bo
     match catalog.lookup(model, version) {
         Ok(_) => Ok(true),
         Err(err) if err.kind == ErrorKind::Unavailable => Ok(false),
+        // Unloaded but still in the repository: not ready, as Triton answers.
+        Err(err)
+            if err.kind == ErrorKind::NotFound
+                && catalog.known_models.iter().any(|known| known == model) =>
+        {
+            Ok(false)
+        }
         Err(err) => Err(err),
     }
 }
