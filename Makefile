@@ -12,6 +12,8 @@ PY := $(VENV)/bin/python
 SERVICES_VENV := .venv-services
 # MLServer (the remote runtime's real upstream in tests; a peer in benchmarks).
 MLSERVER_VENV := .cache/bench/mlserver
+# The KServe Python SDK (its clients, tested against Switchyard; a peer in benchmarks).
+KSERVE_VENV := .cache/bench/kserve
 export ORT_DYLIB_PATH ?= $(CURDIR)/.cache/onnxruntime/lib/libonnxruntime.so
 # The `torch` feature: lean libtorch 2.11.0 (scripts/fetch-libtorch.sh) to build
 # and run on CPU; a venv that imports PyTorch 2.11.0 from that same unpack (plus
@@ -37,7 +39,7 @@ run: setup build-release
 	./target/release/switchyard --model-repository models $(ARGS)
 
 ## Run the whole test suite: Rust unit and integration tests, then real-client Python tests.
-test: setup $(SERVICES_VENV)/.installed $(MLSERVER_VENV)/.installed
+test: setup $(SERVICES_VENV)/.installed $(MLSERVER_VENV)/.installed $(KSERVE_VENV)/.installed
 	scripts/ensure-chromium.sh
 	$(CARGO) build --locked --workspace --all-targets
 	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
@@ -61,6 +63,11 @@ $(VENV)/.installed: tests/python/requirements.txt models/requirements.txt
 $(MLSERVER_VENV)/.installed: bench/peers/mlserver-requirements.txt
 	$(PYTHON) -m venv $(MLSERVER_VENV)
 	$(MLSERVER_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/peers/mlserver-requirements.txt
+	touch $@
+
+$(KSERVE_VENV)/.installed: bench/peers/kserve-requirements.txt
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/peers/kserve-requirements.txt
 	touch $@
 
 $(SERVICES_VENV)/.installed: tests/python/services-requirements.txt
