@@ -272,9 +272,13 @@ fn row_blocks_run_as_one_batch_without_joining_first() {
     let first = Tensor::from_slice("input", DataType::Fp32, vec![1, 256], &rows[..256]).unwrap();
     let rest = Tensor::from_slice("input", DataType::Fp32, vec![2, 256], &rows[256..]).unwrap();
     let whole = rt.run(&[joined]).unwrap();
-    let blocks = rt.run_blocks(&[vec![first, rest.clone()]], None).unwrap();
+    let blocks = rt
+        .run_blocks(&[vec![first, rest.clone()]], &Default::default())
+        .unwrap();
     assert_eq!(whole, blocks);
     let odd = Tensor::from_slice("input", DataType::Fp32, vec![2, 128], &rows[..256]).unwrap();
-    let err = rt.run_blocks(&[vec![rest, odd]], None).unwrap_err();
+    let err = rt
+        .run_blocks(&[vec![rest, odd]], &Default::default())
+        .unwrap_err();
     assert!(err.to_string().contains("cannot be joined"), "{err}");
 }
