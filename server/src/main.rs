@@ -8,7 +8,7 @@ use switchyard::app::{Parts, build};
 use switchyard::metrics::Metrics;
 use switchyard::{Listeners, ServeOptions, serve};
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
 /// called, not when the future is first polled: a signal that arrives between
@@ -80,20 +80,9 @@ async fn run(
         },
         metrics,
     );
-    let failures = app.load_all().await.map_err(|err| err.to_string())?;
-    if !failures.is_empty() {
-        let summary: Vec<String> = failures
-            .iter()
-            .map(|(model, reason)| format!("{model}: {reason}"))
-            .collect();
-        if config.exit_on_error {
-            return Err(format!(
-                "models failed to load (pass --exit-on-error=false to serve the rest): {}",
-                summary.join("; ")
-            ));
-        }
-        error!(failures = %summary.join("; "), "Some models failed to load; serving the rest.");
-    }
+    // Bound before the first load: liveness answers at once (a native
+    // sidecar's startup probe passes before its model server starts), while
+    // readiness waits for the load.
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -105,13 +94,74 @@ async fn run(
         metrics: bind(config.metrics_addr).await?,
     };
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    info!(
-        http = %local(&listeners.http),
-        grpc = %local(&listeners.grpc),
-        metrics = %local(&listeners.metrics),
-        models = app.catalog().models.len(),
-        "Listening."
+    let addresses = (
+        local(&listeners.http),
+        local(&listeners.grpc),
+        local(&listeners.metrics),
     );
+    info!(http = %addresses.0, grpc = %addresses.1, metrics = %addresses.2, "Live; loading models.");
+    let (fatal, load_failed) = tokio::sync::oneshot::channel::<String>();
+    let loading = {
+        let app = app.clone();
+        let exit_on_error = config.exit_on_error;
+        tokio::spawn(async move {
+            let failures = match app.load_all().await {
+                Ok(failures) => failures,
+                Err(err) => {
+                    let _ = fatal.send(err.to_string());
+                    return;
+                }
+            };
+            let (waiting, failed): (Vec<_>, Vec<_>) = failures
+                .into_iter()
+                .partition(|(_, reason)| switchyard::serve::model::is_waiting_for_upstream(reason));
+            for (model, reason) in &waiting {
+                warn!(model, %reason, "Upstream not up yet; the model answers 503 until it is.");
+            }
+            if !failed.is_empty() {
+                let summary: Vec<String> = failed
+                    .iter()
+                    .map(|(model, reason)| format!("{model}: {reason}"))
+                    .collect();
+                if exit_on_error {
+                    let _ = fatal.send(format!(
+                        "models failed to load (pass --exit-on-error=false to serve the rest): {}",
+                        summary.join("; ")
+                    ));
+                    return;
+                }
+                error!(failures = %summary.join("; "), "Some models failed to load; serving the rest.");
+            }
+            info!(
+                http = %addresses.0,
+                grpc = %addresses.1,
+                metrics = %addresses.2,
+                models = app.catalog().models.len(),
+                "Listening."
+            );
+        })
+    };
+    let failure = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let shutdown = {
+        let failure = failure.clone();
+        async move {
+            tokio::pin!(shutdown);
+            tokio::select! {
+                () = &mut shutdown => {}
+                reason = load_failed => {
+                    if let Ok(reason) = reason {
+                        error!(error = %reason, "Stopping: the first load failed.");
+                        if let Ok(mut slot) = failure.lock() {
+                            *slot = Some(reason);
+                        }
+                    } else {
+                        // The load finished without a fatal failure: wait for the signal.
+                        shutdown.await;
+                    }
+                }
+            }
+        }
+    };
     serve(
         app,
         listeners,
@@ -127,7 +177,12 @@ async fn run(
         shutdown,
     )
     .await
-    .map_err(|err| err.to_string())
+    .map_err(|err| err.to_string())?;
+    loading.abort();
+    match failure.lock().ok().and_then(|mut slot| slot.take()) {
+        Some(reason) => Err(reason),
+        None => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {

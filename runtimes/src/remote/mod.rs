@@ -198,6 +198,8 @@ struct Upstream {
     in_flight: AtomicUsize,
     consecutive_failures: AtomicU32,
     ejected: Mutex<Option<String>>,
+    /// Answered at least once: losing it then is news worth a warning.
+    seen_healthy: std::sync::atomic::AtomicBool,
 }
 
 impl Upstream {
@@ -208,7 +210,11 @@ impl Upstream {
     fn eject(&self, reason: String) {
         if let Ok(mut ejected) = self.ejected.lock() {
             if ejected.is_none() {
-                tracing::warn!(upstream = %self.addr, %reason, "Upstream ejected.");
+                if self.seen_healthy.load(Ordering::Relaxed) {
+                    tracing::warn!(upstream = %self.addr, %reason, "Upstream ejected.");
+                } else {
+                    tracing::debug!(upstream = %self.addr, %reason, "Upstream not reachable yet.");
+                }
             }
             *ejected = Some(reason);
         }
@@ -216,6 +222,7 @@ impl Upstream {
 
     fn restore(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.seen_healthy.store(true, Ordering::Relaxed);
         if let Ok(mut ejected) = self.ejected.lock()
             && ejected.take().is_some()
         {
@@ -309,6 +316,7 @@ impl UpstreamPool {
                     in_flight: AtomicUsize::new(0),
                     consecutive_failures: AtomicU32::new(0),
                     ejected: Mutex::new(None),
+                    seen_healthy: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .collect::<Result<Vec<_>, String>>()
@@ -385,7 +393,8 @@ impl UpstreamPool {
                 Err(err) => errors.push(format!("{}: {err}", upstream.addr)),
             }
         }
-        Err(RuntimeError::Load(format!(
+        // Not up yet (a sidecar's model server starts after us): worth retrying.
+        Err(RuntimeError::Unavailable(format!(
             "no upstream gave metadata for model `{}` ({})",
             self.options.model,
             errors.join("; ")
@@ -466,6 +475,7 @@ impl UpstreamPool {
             let failure = match result {
                 Ok(outputs) => {
                     upstream.consecutive_failures.store(0, Ordering::Relaxed);
+                    upstream.seen_healthy.store(true, Ordering::Relaxed);
                     return Ok(outputs);
                 }
                 Err(failure) => failure,

@@ -172,7 +172,16 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_STRICT_READINESS", default_value_t = true, action = clap::ArgAction::Set)]
     pub strict_readiness: bool,
 
-    /// Exit at start-up when any model fails to load (otherwise serve the rest).
+    /// With strict readiness, leave out models served by remote upstreams: the
+    /// server stays ready while an upstream pool is down and answers 503 for
+    /// those models (a standalone gateway; in a sidecar, keep it false so the
+    /// pod is ready when its model server is).
+    #[arg(long, env = "SWITCHYARD_READY_WITHOUT_UPSTREAMS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ready_without_upstreams: bool,
+
+    /// Exit at start-up when any model fails to load (otherwise serve the
+    /// rest). A remote model whose upstreams are not up yet never counts: it
+    /// answers 503 and loads when they come up.
     #[arg(long, env = "SWITCHYARD_EXIT_ON_ERROR", default_value_t = true, action = clap::ArgAction::Set)]
     pub exit_on_error: bool,
 
@@ -357,6 +366,7 @@ impl Config {
         Ok(crate::app::Settings {
             model_control: self.enable_model_control,
             strict_readiness: self.strict_readiness,
+            ready_without_upstreams: self.ready_without_upstreams,
             max_request_bytes: self.max_request_bytes,
             mlflow_webhook_secret: self.mlflow_webhook_secret.clone(),
             tokens: self.tokens()?,

@@ -37,6 +37,8 @@ pub struct Settings {
     pub model_control: bool,
     /// Ready only when every model in the catalog has a serving version.
     pub strict_readiness: bool,
+    /// With strict readiness: models served by remote upstreams do not count.
+    pub ready_without_upstreams: bool,
     /// Largest HTTP request body accepted.
     pub max_request_bytes: usize,
     /// HMAC secret MLflow signs its webhooks with; `None` turns the webhook endpoint off.
@@ -107,7 +109,10 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
             mlflow_webhook_secret: settings.mlflow_webhook_secret,
         },
         telemetry,
-        settings.strict_readiness,
+        crate::edge::Readiness {
+            strict: settings.strict_readiness,
+            without_upstreams: settings.ready_without_upstreams,
+        },
     );
     App { edge, control }
 }
@@ -115,7 +120,9 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
 impl App {
     /// The first load at start-up. Returns the failures, by model.
     pub async fn load_all(&self) -> Result<Vec<(String, String)>, crate::error::ApiError> {
-        self.control.load_all().await
+        let result = self.control.load_all().await;
+        self.edge.mark_loaded();
+        result
     }
 
     /// The catalog in force (tests and start-up logging).

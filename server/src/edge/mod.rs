@@ -156,9 +156,20 @@ pub struct Edge {
     pub settings: EdgeSettings,
     /// Log filter and trace sampling (the logging and trace extensions).
     pub telemetry: Arc<crate::telemetry::Controls>,
-    /// Ready only when every model in the catalog has a serving version.
-    strict_readiness: bool,
+    readiness: Readiness,
+    /// Set once the first load of every source has finished.
+    loaded: AtomicBool,
     draining: AtomicBool,
+}
+
+/// What readiness waits for, besides the first load and not draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// Every model in the catalog has a serving version.
+    pub strict: bool,
+    /// ...not counting models served by remote upstreams (a gateway in front
+    /// of a pool stays ready and answers 503 for them while the pool is down).
+    pub without_upstreams: bool,
 }
 
 impl Edge {
@@ -168,7 +179,7 @@ impl Edge {
         canaries: Arc<Canaries>,
         settings: EdgeSettings,
         telemetry: Arc<crate::telemetry::Controls>,
-        strict_readiness: bool,
+        readiness: Readiness,
     ) -> Arc<Self> {
         Arc::new(Edge {
             serving,
@@ -176,14 +187,35 @@ impl Edge {
             canaries,
             settings,
             telemetry,
-            strict_readiness,
+            readiness,
+            loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire)
-            && (!self.strict_readiness || self.serving.catalog.snapshot().all_ready())
+        if self.draining.load(Ordering::Acquire) || !self.is_loaded() {
+            return false;
+        }
+        let catalog = self.serving.catalog.snapshot();
+        match self.readiness {
+            Readiness { strict: false, .. } => true,
+            Readiness {
+                without_upstreams: true,
+                ..
+            } => catalog.all_local_ready(),
+            _ => catalog.all_ready(),
+        }
+    }
+
+    /// Whether the first load has finished (until then: live, not ready,
+    /// inference answered 503).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn mark_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
     }
 
     /// Marks the server as going away: readiness turns false at once.
@@ -224,6 +256,11 @@ pub async fn infer<Context, Encoded>(
     let span = tracing::info_span!("infer", model = %model, protocol = protocol.as_label());
     crate::telemetry::adopt_parent(&span, &headers);
     let result = async {
+        if !edge.is_loaded() {
+            return Err(ApiError::unavailable(
+                "the server is still loading its models; retry shortly",
+            ));
+        }
         let (mut request, context) = decode.instrument(tracing::info_span!("decode")).await?;
         request.headers = headers;
         let response = crate::serve::infer::infer(&edge.serving, request, &mut served).await?;

@@ -41,6 +41,20 @@ impl ModelEntry {
         self.versions.values().any(|v| v.unhealthy().is_none())
     }
 
+    /// Whether the model is served by remote upstreams (loaded, or waiting
+    /// for its upstreams to come up).
+    pub fn waits_on_upstream(&self) -> bool {
+        self.versions
+            .values()
+            .any(|v| v.config.platform == crate::config::model::Platform::Remote)
+            || (self.versions.is_empty()
+                && self
+                    .error
+                    .iter()
+                    .chain(self.failed.values())
+                    .any(|reason| crate::serve::model::is_waiting_for_upstream(reason)))
+    }
+
     /// Why the model cannot serve, for error messages.
     pub fn unavailable_reason(&self) -> String {
         self.error
@@ -205,6 +219,13 @@ impl Catalog {
     /// Whether every model has at least one version serving.
     pub fn all_ready(&self) -> bool {
         self.models.values().all(ModelEntry::is_ready)
+    }
+
+    /// `all_ready`, not counting models served by remote upstreams.
+    pub fn all_local_ready(&self) -> bool {
+        self.models
+            .values()
+            .all(|entry| entry.is_ready() || entry.waits_on_upstream())
     }
 
     /// Index rows for loaded models, plus `unloaded` for models the sources

@@ -31,6 +31,7 @@ pub fn settings() -> Settings {
     Settings {
         model_control: false,
         strict_readiness: true,
+        ready_without_upstreams: false,
         max_request_bytes: 1 << 20,
         mlflow_webhook_secret: None,
         tokens: switchyard::edge::auth::Tokens::default(),

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 mod tracked;
 
@@ -404,7 +404,13 @@ impl Lifecycle {
                         Err(reason) => {
                             let attempts =
                                 tracked.load_failed(*version, &listed.fingerprint, &reason, now);
-                            warn!(model, version, attempts, %reason, "Model version failed to load; serving versions stay.");
+                            if crate::serve::model::is_waiting_for_upstream(&reason) && attempts > 1
+                            {
+                                // Said once; retried every pass until the upstream is up.
+                                debug!(model, version, attempts, %reason, "Still waiting for the upstream.");
+                            } else {
+                                warn!(model, version, attempts, %reason, "Model version failed to load; serving versions stay.");
+                            }
                             failed.insert(*version, reason);
                         }
                     }

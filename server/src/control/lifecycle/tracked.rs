@@ -11,6 +11,8 @@ use crate::config::file::ConfigText;
 /// First retry delay after a failure; doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Retry delay for a remote model whose upstreams are not up yet.
+const WAITING_RETRY: Duration = Duration::from_secs(1);
 
 pub(super) fn backoff(attempts: u32) -> Duration {
     FIRST_BACKOFF
@@ -147,7 +149,13 @@ impl Tracked {
                 fingerprint: fingerprint.to_owned(),
                 reason: reason.to_owned(),
                 attempts,
-                retry_at: now + backoff(attempts),
+                // An upstream that is not up yet is tried again at the next pass.
+                retry_at: now
+                    + if crate::serve::model::is_waiting_for_upstream(reason) {
+                        WAITING_RETRY
+                    } else {
+                        backoff(attempts)
+                    },
             },
         );
         attempts

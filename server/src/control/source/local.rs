@@ -5,6 +5,9 @@
 //! by the periodic re-scan. Fingerprints are the model file's size and mtime,
 //! so a file still being written changes between scans and is not loaded
 //! until it settles (or, when required, until a `READY` marker appears).
+//! A model with no files of its own (a remote one) may also be a single
+//! `<root>/<model>.config.yaml`: the layout a Kubernetes ConfigMap mounted as
+//! the repository gives, where keys cannot hold folders.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,9 @@ use std::time::UNIX_EPOCH;
 
 use super::{Listing, MODEL_FILES, ModelListing, Source, SourceError, VersionListing};
 use crate::config::names::valid_model_name;
+
+/// `<model>.config.yaml` at the repository's top: a model with no files of its own.
+const FLAT_CONFIG_SUFFIX: &str = ".config.yaml";
 
 #[derive(Debug, Clone)]
 pub struct LocalSource {
@@ -113,10 +119,18 @@ impl Source for LocalSource {
                     reason: err.to_string(),
                 })?;
             let mut listing = BTreeMap::new();
+            let mut flat = Vec::new();
             for entry in entries.flatten() {
                 let Ok(name) = entry.file_name().into_string() else {
                     continue;
                 };
+                if let Some(model) = name.strip_suffix(FLAT_CONFIG_SUFFIX)
+                    && valid_model_name(model)
+                    && entry.path().is_file()
+                {
+                    flat.push((model.to_owned(), entry.path()));
+                    continue;
+                }
                 if !valid_model_name(&name) || !entry.path().is_dir() {
                     continue;
                 }
@@ -124,6 +138,23 @@ impl Source for LocalSource {
                 if model.config.is_some() || !model.versions.is_empty() {
                     listing.insert(name, model);
                 }
+            }
+            for (model, path) in flat {
+                let config = match crate::config::file::read_config_file(&path) {
+                    Ok(Some(text)) if !listing.contains_key(&model) => text,
+                    Ok(Some(_)) => Err(format!(
+                        "both {model}/ and {model}{FLAT_CONFIG_SUFFIX} define model `{model}`; keep one"
+                    )),
+                    Ok(None) => continue,
+                    Err(err) => Err(err.to_string()),
+                };
+                listing.insert(
+                    model,
+                    ModelListing {
+                        config: Some(("config.yaml".to_owned(), config)),
+                        ..ModelListing::default()
+                    },
+                );
             }
             Ok(listing)
         })
@@ -188,6 +219,37 @@ mod tests {
         assert_eq!(
             marked["a"].versions.keys().copied().collect::<Vec<_>>(),
             vec![2]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_configmap_mount_lists_flat_model_configs() {
+        // What the kubelet writes: keys are symlinks into a hidden, dated folder.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let data = root.join("..2026_12_01_00_00_00.1");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("iris.config.yaml"), "platform: remote\n").unwrap();
+        std::fs::write(data.join("routes.yaml"), "endpoints: {}\n").unwrap();
+        std::os::unix::fs::symlink(&data, root.join("..data")).unwrap();
+        for key in ["iris.config.yaml", "routes.yaml"] {
+            std::os::unix::fs::symlink(root.join("..data").join(key), root.join(key)).unwrap();
+        }
+        std::fs::create_dir_all(root.join("both/1")).unwrap();
+        std::fs::write(root.join("both/config.yaml"), "max_batch_size: 1").unwrap();
+        std::fs::write(root.join("both.config.yaml"), "max_batch_size: 2").unwrap();
+        let listing = LocalSource::new(root).unwrap().list().await.unwrap();
+        assert_eq!(listing.keys().collect::<Vec<_>>(), vec!["both", "iris"]);
+        let iris = listing["iris"].config.as_ref().unwrap();
+        assert!(
+            iris.1.as_ref().is_ok_and(|text| text.contains("remote")),
+            "{iris:?}"
+        );
+        assert!(listing["iris"].versions.is_empty());
+        let both = listing["both"].config.as_ref().unwrap();
+        assert!(
+            both.1.as_ref().is_err_and(|e| e.contains("keep one")),
+            "{both:?}"
         );
     }
 }

@@ -21,13 +21,22 @@ use std::time::{Duration, Instant};
 
 use switchyard_runtimes::onnx::OnnxRuntime;
 use switchyard_runtimes::remote::{RemoteOptions, RemoteRuntime, UpstreamPool};
-use switchyard_runtimes::{Runtime, Signature, Tensor};
+use switchyard_runtimes::{Runtime, RuntimeError, Signature, Tensor};
 use tracing::info;
 
 use crate::config::model::{ModelConfig, Platform};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::serve::batcher::{self, BatcherHandle, BatcherSettings, Submission};
+
+/// How a remote model's load failure begins when its upstreams are not up
+/// yet: the lifecycle retries it soon, and it never stops start-up.
+pub const WAITING_FOR_UPSTREAM: &str = "waiting for the upstream: ";
+
+/// Whether a load failure only means the upstream is not up yet.
+pub fn is_waiting_for_upstream(reason: &str) -> bool {
+    reason.starts_with(WAITING_FOR_UPSTREAM)
+}
 
 /// File name of the model inside a version folder, per platform.
 pub fn model_file_name(platform: Platform) -> &'static str {
@@ -68,7 +77,10 @@ pub fn load_runtimes(
                 "a remote model must be loaded inside the server's runtime".to_owned()
             })?;
             let pool = UpstreamPool::new(options, handle).map_err(|e| e.to_string())?;
-            let first = RemoteRuntime::connect(pool).map_err(|e| e.to_string())?;
+            let first = RemoteRuntime::connect(pool).map_err(|err| match err {
+                RuntimeError::Unavailable(reason) => format!("{WAITING_FOR_UPSTREAM}{reason}"),
+                other => other.to_string(),
+            })?;
             for _ in 1..config.instance_count {
                 runtimes.push(Box::new(first.instance()));
             }
@@ -106,8 +118,17 @@ fn read_labels(
     signature: &Signature,
 ) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
     use crate::serve::classify::read_labels as read;
-    let model_dir = version_dir.parent().unwrap_or(version_dir);
     let mut labels = std::collections::BTreeMap::new();
+    if version_dir.as_os_str().is_empty() {
+        // A remote model has no folder here; its upstream labels its classes.
+        if let Some(output) = config.label_files.keys().next() {
+            return Err(format!(
+                "label_filename for `{output}`: a remote model has no model folder to read it from"
+            ));
+        }
+        return Ok(labels);
+    }
+    let model_dir = version_dir.parent().unwrap_or(version_dir);
     for (output, file) in &config.label_files {
         if signature.output(output).is_none() {
             return Err(format!(
