@@ -11,3 +11,4 @@ for overlay in k8s/overlays/*/; do
   kubectl kustomize "$overlay" > "$out/$name.yaml"
 done
 "$PY" scripts/validate_k8s.py "$out"/*.yaml
+"$PY" scripts/check_k8s_semantics.py "$out"/*.yaml
