@@ -31,7 +31,7 @@ ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: bench run test setup onnxruntime venv models build build-release lint rust-test python-test clean \
+.PHONY: image bench run test setup onnxruntime venv models build build-release lint rust-test python-test clean \
 	libtorch torch-models torch-test run-torch bench-gpu-build
 
 ## Fetch what is needed, build, and serve the bundled models on :8000 (HTTP), :8001 (gRPC), :8002 (metrics).
@@ -41,10 +41,16 @@ run: setup build-release
 ## Run the whole test suite: Rust unit and integration tests, then real-client Python tests.
 test: setup $(SERVICES_VENV)/.installed $(MLSERVER_VENV)/.installed $(KSERVE_VENV)/.installed
 	scripts/ensure-chromium.sh
+	scripts/ensure-podman.sh
 	$(CARGO) build --locked --workspace --all-targets
 	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so
 	$(MAKE) rust-test python-test
 	$(MAKE) torch-test
+
+## The container image, with podman, from a release build here on a base made from Debian packages.
+image: setup
+	scripts/ensure-podman.sh
+	scripts/build-image.sh --profile release
 
 ## Side-by-side benchmark (raw runtime, Switchyard, MLServer, KServe); see docs/BENCHMARKS.md.
 bench: setup build-release
