@@ -270,11 +270,15 @@ def test_hostile_config_files_are_refused_while_everything_else_serves(tmp_path)
     try:
         for name in HOSTILE_CONFIGS:
             write_hostile(tmp_path, name)
-        rows = wait_for(
-            lambda: (lambda r: r if set(HOSTILE_CONFIGS) <= {row["name"] for row in r if row.get("state") == "UNAVAILABLE"} else None)(index(server.http)),
-            30,
-            "every hostile config refused in the index",
-        )
+        # A new version first settles (its files may still be copying), then its
+        # config is read: wait for every model's final reason, not its first state.
+        def refused():
+            rows = index(server.http)
+            reasons = {row["name"]: row.get("reason", "") for row in rows if row.get("state") == "UNAVAILABLE"}
+            done = all(fragment in reasons.get(name, "") for name, (_, _, fragment) in HOSTILE_CONFIGS.items())
+            return rows if done else None
+
+        rows = wait_for(refused, 30, "every hostile config refused in the index, with its reason")
         reasons = {row["name"]: row.get("reason", "") for row in rows}
         for name, (_, _, fragment) in HOSTILE_CONFIGS.items():
             assert fragment in reasons[name], (name, reasons[name][:300])
