@@ -6,6 +6,7 @@
 
 pub mod call;
 pub mod datatype;
+pub mod json;
 pub mod onnx;
 pub mod remote;
 pub mod runtime;

@@ -76,6 +76,20 @@ impl ErrorKind {
         }
     }
 
+    /// The gRPC code's canonical name (`INVALID_ARGUMENT`), for records and logs.
+    pub fn grpc_code_name(self) -> &'static str {
+        match self.grpc_code() {
+            tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+            tonic::Code::NotFound => "NOT_FOUND",
+            tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            tonic::Code::Unavailable => "UNAVAILABLE",
+            tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+            tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+            _ => "INTERNAL",
+        }
+    }
+
     /// Low-cardinality label for metrics.
     pub fn as_label(self) -> &'static str {
         match self {

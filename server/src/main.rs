@@ -77,6 +77,10 @@ async fn run(
             routes,
             settings: config.settings()?,
             telemetry,
+            capture: switchyard::serve::capture::Capture::start(
+                &config.capture()?,
+                metrics.clone(),
+            )?,
         },
         metrics,
     );

@@ -47,6 +47,10 @@ pub struct Metrics {
     model_events: IntCounterVec,
     open_connections: IntGaugeVec,
     connections_refused: IntCounterVec,
+    capture_records: IntCounterVec,
+    capture_dropped: IntCounterVec,
+    capture_sink_errors: IntCounterVec,
+    capture_queue: IntGaugeVec,
 }
 
 /// Decrements the in-flight gauge when the request is answered (or abandoned).
@@ -392,6 +396,38 @@ impl Metrics {
             ),
             &["listener", "reason"],
         )?;
+        let capture_records = IntCounterVec::new(
+            Opts::new(
+                "switchyard_capture_records_total",
+                "Inference records written by each capture sink (file, cloudevents).",
+            ),
+            &["sink"],
+        )?;
+        let capture_dropped = IntCounterVec::new(
+            Opts::new(
+                "switchyard_capture_dropped_total",
+                "Capture records dropped: queue_full (the sink is behind) or sink_error (a write or delivery failed for good).",
+            ),
+            &["sink", "reason"],
+        )?;
+        let capture_sink_errors = IntCounterVec::new(
+            Opts::new(
+                "switchyard_capture_sink_errors_total",
+                "Failed capture writes and delivery attempts (retries included).",
+            ),
+            &["sink"],
+        )?;
+        let capture_queue = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_capture_queue_depth",
+                "Capture records waiting for their sink.",
+            ),
+            &["sink"],
+        )?;
+        registry.register(Box::new(capture_records.clone()))?;
+        registry.register(Box::new(capture_dropped.clone()))?;
+        registry.register(Box::new(capture_sink_errors.clone()))?;
+        registry.register(Box::new(capture_queue.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -442,6 +478,10 @@ impl Metrics {
             model_events,
             open_connections,
             connections_refused,
+            capture_records,
+            capture_dropped,
+            capture_sink_errors,
+            capture_queue,
         })
     }
 
@@ -469,6 +509,37 @@ impl Metrics {
                     .with_label_values(&[endpoint, decision]);
             }
         }
+    }
+
+    /// A capture sink's series, at zero.
+    pub fn expose_capture_sink(&self, sink: &str) {
+        let _ = self.capture_records.with_label_values(&[sink]);
+        let _ = self.capture_sink_errors.with_label_values(&[sink]);
+        let _ = self.capture_queue.with_label_values(&[sink]);
+        for reason in ["queue_full", "sink_error"] {
+            let _ = self.capture_dropped.with_label_values(&[sink, reason]);
+        }
+    }
+
+    pub fn capture_queued(&self, sink: &str, delta: i64) {
+        self.capture_queue.with_label_values(&[sink]).add(delta);
+    }
+
+    pub fn capture_written(&self, sink: &str) {
+        self.capture_records.with_label_values(&[sink]).inc();
+    }
+
+    pub fn capture_dropped(&self, sink: &str, reason: &str) {
+        self.capture_dropped
+            .with_label_values(&[sink, reason])
+            .inc();
+    }
+
+    /// Counts a failed write or delivery attempt; returns the sink's total so far.
+    pub fn capture_sink_error(&self, sink: &str) -> u64 {
+        let counter = self.capture_sink_errors.with_label_values(&[sink]);
+        counter.inc();
+        counter.get()
     }
 
     /// A listener's connection series, at zero.

@@ -248,12 +248,79 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub keepalive_timeout: Duration,
 
+    /// Payload capture: write sampled request/response records (models' and
+    /// endpoints' `capture:` policies) as JSON Lines files in this folder.
+    #[arg(long, env = "SWITCHYARD_CAPTURE_DIR")]
+    pub capture_dir: Option<PathBuf>,
+
+    /// A capture file is rotated at this size (bytes).
+    #[arg(long, env = "SWITCHYARD_CAPTURE_MAX_FILE_BYTES", default_value_t = 100 << 20)]
+    pub capture_max_file_bytes: u64,
+
+    /// ... or when it has been open this long.
+    #[arg(long, env = "SWITCHYARD_CAPTURE_ROTATE_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub capture_rotate_interval: Duration,
+
+    /// Rotated capture files kept (the oldest are deleted).
+    #[arg(long, env = "SWITCHYARD_CAPTURE_KEEP_FILES", default_value_t = 24)]
+    pub capture_keep_files: usize,
+
+    /// Payload capture: post records as CloudEvents (KServe's logger format) to this URL.
+    #[arg(long, env = "SWITCHYARD_CAPTURE_URL")]
+    pub capture_url: Option<String>,
+
+    /// Bearer token for --capture-url, read from this file (never logged).
+    #[arg(long, env = "SWITCHYARD_CAPTURE_TOKEN_FILE")]
+    pub capture_token_file: Option<PathBuf>,
+
+    /// CA bundle for an https --capture-url.
+    #[arg(long, env = "SWITCHYARD_CAPTURE_CA_FILE")]
+    pub capture_ca_file: Option<PathBuf>,
+
+    /// `ce-source` of the capture events.
+    #[arg(long, env = "SWITCHYARD_CAPTURE_SOURCE", default_value = "switchyard")]
+    pub capture_source: String,
+
+    /// Records waiting per capture sink; beyond it records are dropped and counted.
+    #[arg(long, env = "SWITCHYARD_CAPTURE_QUEUE", default_value_t = 10_000)]
+    pub capture_queue: usize,
+
+    /// How long a failing capture delivery is retried before its record is dropped.
+    #[arg(long, env = "SWITCHYARD_CAPTURE_RETRY_FOR", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub capture_retry_for: Duration,
+
     /// TLS handshakes in progress per listener; more connections are closed at once.
     #[arg(long, env = "SWITCHYARD_MAX_TLS_HANDSHAKES", default_value_t = 256)]
     pub max_tls_handshakes: usize,
 }
 
 impl Config {
+    /// Where capture records go.
+    pub fn capture(&self) -> Result<crate::serve::capture::CaptureSettings, String> {
+        let token = match &self.capture_token_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|err| format!("--capture-token-file {}: {err}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+        };
+        Ok(crate::serve::capture::CaptureSettings {
+            dir: self.capture_dir.clone(),
+            max_file_bytes: self.capture_max_file_bytes,
+            rotate_interval: self.capture_rotate_interval,
+            keep_files: self.capture_keep_files,
+            url: self.capture_url.clone(),
+            token,
+            ca_file: self.capture_ca_file.clone(),
+            source: self.capture_source.clone(),
+            queue: self.capture_queue,
+            retry_for: self.capture_retry_for,
+            ..Default::default()
+        })
+    }
+
     /// The listeners' connection limits.
     pub fn connections(&self) -> crate::edge::conn::ConnectionSettings {
         crate::edge::conn::ConnectionSettings {

@@ -62,6 +62,8 @@ pub struct Parts {
     pub settings: Settings,
     /// The log filter and trace sampling that the extensions change at run time.
     pub telemetry: Arc<crate::telemetry::Controls>,
+    /// Payload capture's sinks (`Capture::start`), if any are configured.
+    pub capture: Option<Arc<crate::serve::capture::Capture>>,
 }
 
 /// The wired server: its edges (which hold the request path) and its control plane.
@@ -80,6 +82,7 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
         routes,
         settings,
         telemetry,
+        capture,
     } = parts;
     let catalog = CatalogStore::new();
     let lifecycle = Lifecycle::new(sources, defaults, metrics.clone()).with_routes(routes);
@@ -91,7 +94,8 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
     );
     let serving = Serving {
         catalog,
-        traffic: Arc::new(Traffic::new(metrics.clone())),
+        traffic: Arc::new(Traffic::new(metrics.clone(), capture.clone())),
+        capture,
         limits: RequestLimits {
             max_tensor_elements: settings.max_tensor_elements,
             max_bytes_element: settings.max_bytes_element,
@@ -313,6 +317,10 @@ pub async fn serve(
         warn!("Drain timeout reached; dropping requests still in flight.");
     }
     tasks.wait().await;
+    if let Some(capture) = &app.edge.serving.capture {
+        // What the last requests left in the queues is written before exit.
+        capture.shutdown(Duration::from_secs(5)).await;
+    }
     info!("Shutdown complete.");
     Ok(())
 }

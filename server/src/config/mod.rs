@@ -8,6 +8,7 @@
 //! - `file`: the size, encoding and nesting bounds every config file meets
 //! - `names`: which model and endpoint names are accepted
 
+pub mod capture;
 pub mod file;
 pub mod model;
 pub mod names;

@@ -100,6 +100,7 @@ struct RawEndpoint {
     override_header: Option<String>,
     shadow: Option<RawShadow>,
     canary: Option<RawCanary>,
+    capture: Option<crate::config::capture::RawCapture>,
 }
 
 /// Which version of a model a variant means.
@@ -154,6 +155,9 @@ pub struct Endpoint {
     pub override_header: String,
     pub shadow: Option<Shadow>,
     pub canary: Option<CanaryPolicy>,
+    /// Which routed requests are recorded (wins over the models' own policies).
+    #[serde(skip)]
+    pub capture: Option<Arc<crate::config::capture::CapturePolicy>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -307,6 +311,10 @@ pub fn parse(text: &str, models: &BTreeSet<String>) -> Result<RouteTable, String
                 .to_ascii_lowercase(),
             shadow,
             canary,
+            capture: endpoint
+                .capture
+                .map(|raw| raw.validate(&owner).map(Arc::new))
+                .transpose()?,
         };
         if let Some(policy) = endpoint.canary.clone() {
             // A canary starts at its first step, whatever the file's weights.

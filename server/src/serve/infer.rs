@@ -28,6 +28,8 @@ pub struct InferRequest {
     pub timeout: Option<std::time::Duration>,
     /// Request headers (HTTP) or metadata (gRPC): routing reads pins and sticky keys here.
     pub headers: http::HeaderMap,
+    /// Which protocol carried it (`http`, `grpc`), for records.
+    pub protocol: &'static str,
     /// Request-level parameters, typed, in the order given (sticky keys read
     /// them; a forwarding runtime passes them on, less the gateway's own).
     pub parameters: Vec<(String, Parameter)>,
@@ -339,14 +341,64 @@ pub async fn infer(
 ) -> Result<InferResponse, ApiError> {
     check_limits(&serving.limits, &request)?;
     let catalog = serving.catalog.snapshot();
-    let (model, routed) = crate::serve::route::route(&serving.traffic, &catalog, &request)?;
+    // An endpoint's capture policy wins over its models' own, and is decided
+    // before routing, so that its shadow copy is recorded with the same id.
+    let endpoint_capture = serving.capture.as_ref().and_then(|_| {
+        let policy = catalog
+            .routes
+            .endpoints
+            .get(&request.model)?
+            .capture
+            .clone()?;
+        let id = request
+            .id
+            .clone()
+            .unwrap_or_else(crate::serve::capture::new_id);
+        policy.sample_now().then_some((policy, id))
+    });
+    let (model, routed) = crate::serve::route::route(
+        &serving.traffic,
+        &catalog,
+        &request,
+        endpoint_capture
+            .as_ref()
+            .map(|(policy, id)| (policy, id.as_str())),
+    )?;
     served.model = Some(model.clone());
+    let capture = serving.capture.as_ref().and_then(|capture| {
+        let (policy, id) = match endpoint_capture {
+            Some(decided) => decided,
+            None if routed.is_some() => return None,
+            None => {
+                let policy = model.config.capture.clone()?;
+                if !policy.sample_now() {
+                    return None;
+                }
+                (
+                    policy,
+                    request
+                        .id
+                        .clone()
+                        .unwrap_or_else(crate::serve::capture::new_id),
+                )
+            }
+        };
+        let routed = routed.as_ref().map(|(e, v)| (e.as_str(), v.as_str()));
+        Some((
+            capture,
+            crate::serve::capture::Pending::start(policy, id, &request, routed),
+        ))
+    });
     drop(catalog);
     let result = run(&model, request).await;
     if let Some((endpoint, variant)) = &routed {
         serving
             .traffic
             .record(endpoint, variant, result.is_ok(), served.started.elapsed());
+    }
+    if let Some((capture, pending)) = capture {
+        let outcome = result.as_ref().map(|response| response.outputs.as_slice());
+        capture.offer(pending.finish(&model, served.started.elapsed(), outcome));
     }
     let mut response = result?;
     response.routed = routed;

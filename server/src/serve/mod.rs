@@ -10,8 +10,11 @@
 //! - `model`: a loaded version (runtimes, warm-up, worker threads, breaker)
 //! - `batcher`: the per-version queue and dynamic batcher
 //! - `traffic`: per-variant outcome windows and shadow copies
+//! - `capture`: sampled request/response records and their sinks
+//! - `classify`: the classification extension
 
 pub mod batcher;
+pub mod capture;
 pub mod catalog;
 pub mod classify;
 pub mod infer;
@@ -41,4 +44,6 @@ pub struct Serving {
     pub traffic: Arc<Traffic>,
     pub limits: RequestLimits,
     pub metrics: Metrics,
+    /// Payload capture's sinks; `None` when none is configured.
+    pub capture: Option<Arc<capture::Capture>>,
 }

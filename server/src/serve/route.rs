@@ -10,6 +10,7 @@ use std::hash::{Hash, Hasher};
 
 use std::sync::Arc;
 
+use crate::config::capture::CapturePolicy;
 use crate::config::routes::{Endpoint, StickyKey};
 use crate::error::ApiError;
 use crate::serve::catalog::Catalog;
@@ -91,6 +92,7 @@ pub fn route(
     traffic: &Traffic,
     catalog: &Catalog,
     request: &InferRequest,
+    capture: Option<(&Arc<CapturePolicy>, &str)>,
 ) -> Result<(Arc<ModelVersion>, Option<Routed>), ApiError> {
     let Some(endpoint) = catalog.routes.endpoints.get(&request.model) else {
         return Ok((
@@ -132,10 +134,20 @@ pub fn route(
         && rand::random::<f64>() * 100.0 < shadow.percent
         && let Ok(shadow_model) = catalog.resolve(&shadow.target)
     {
+        // A captured request's shadow answer is recorded under the same id.
+        let capture = capture.map(|(policy, id)| {
+            crate::serve::capture::Pending::start(
+                policy.clone(),
+                id.to_owned(),
+                request,
+                Some((endpoint.name.as_str(), "shadow")),
+            )
+        });
         traffic.offer_shadow(ShadowJob {
             endpoint: endpoint.name.clone(),
             model: shadow_model,
             inputs: request.inputs.clone(),
+            capture,
         });
     }
     Ok((model, Some((endpoint.name.clone(), variant.name.clone()))))

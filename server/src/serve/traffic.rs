@@ -107,6 +107,8 @@ pub struct ShadowJob {
     pub endpoint: String,
     pub model: Arc<ModelVersion>,
     pub inputs: Vec<Tensor>,
+    /// Set when the request it copies is captured: the shadow's answer is too.
+    pub capture: Option<crate::serve::capture::Pending>,
 }
 
 pub struct Traffic {
@@ -114,6 +116,7 @@ pub struct Traffic {
     shadow: mpsc::Sender<ShadowJob>,
     shadow_jobs: Mutex<Option<mpsc::Receiver<ShadowJob>>>,
     metrics: Metrics,
+    capture: Option<Arc<crate::serve::capture::Capture>>,
 }
 
 /// Shadow copies waiting to run, across all endpoints.
@@ -122,13 +125,14 @@ const SHADOW_QUEUE: usize = 256;
 const SHADOW_WORKERS: usize = 4;
 
 impl Traffic {
-    pub fn new(metrics: Metrics) -> Self {
+    pub fn new(metrics: Metrics, capture: Option<Arc<crate::serve::capture::Capture>>) -> Self {
         let (shadow, jobs) = mpsc::channel(SHADOW_QUEUE);
         Traffic {
             windows: Mutex::new(HashMap::new()),
             shadow,
             shadow_jobs: Mutex::new(Some(jobs)),
             metrics,
+            capture,
         }
     }
 
@@ -185,6 +189,10 @@ pub async fn run_shadow_workers(traffic: Arc<Traffic>, cancel: CancellationToken
                 let priority = Some(job.model.config.queue.priority_levels);
                 let result = job.model.infer(job.inputs, priority, None, None).await;
                 traffic.record(&job.endpoint, "shadow", result.is_ok(), started.elapsed());
+                if let (Some(capture), Some(pending)) = (&traffic.capture, job.capture) {
+                    let outcome = result.as_deref();
+                    capture.offer(pending.finish(&job.model, started.elapsed(), outcome));
+                }
             }
         });
     }

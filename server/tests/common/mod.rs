@@ -68,6 +68,7 @@ pub async fn state_for(repo: &Path, settings: Settings) -> App {
             routes: None,
             settings,
             telemetry: switchyard::telemetry::Controls::detached(&telemetry_config()),
+            capture: None,
         },
         Metrics::new().unwrap(),
     );

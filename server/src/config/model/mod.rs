@@ -248,6 +248,8 @@ pub struct ModelConfig {
     pub warmup: bool,
     /// Set for platform `remote`.
     pub remote: Option<RemoteConfig>,
+    /// Which requests are recorded (payload capture); `None` = none.
+    pub capture: Option<std::sync::Arc<crate::config::capture::CapturePolicy>>,
     /// Failed batches in a row (runtime errors or panics) that mark the version unhealthy.
     pub unhealthy_after_failures: u32,
     /// How long an unhealthy version refuses requests before trying again.
@@ -278,6 +280,7 @@ impl ModelConfig {
             torch: None,
             warmup: true,
             remote: None,
+            capture: None,
             unhealthy_after_failures: 5,
             unhealthy_cooldown: Duration::from_secs(10),
         }

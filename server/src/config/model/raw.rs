@@ -141,6 +141,7 @@ pub(super) struct RawModelConfig {
     pub(super) onnx: Option<RawOnnxConfig>,
     pub(super) torch: Option<RawTorchConfig>,
     pub(super) warmup: Option<bool>,
+    pub(super) capture: Option<crate::config::capture::RawCapture>,
     pub(super) remote: Option<RawRemote>,
     pub(super) unhealthy_after_failures: Option<u32>,
     pub(super) unhealthy_cooldown_ms: Option<u64>,
@@ -257,6 +258,10 @@ impl RawModelConfig {
             warmup: self.warmup.unwrap_or(true),
             unhealthy_after_failures: self.unhealthy_after_failures.unwrap_or(5).max(1),
             unhealthy_cooldown: Duration::from_millis(self.unhealthy_cooldown_ms.unwrap_or(10_000)),
+            capture: self
+                .capture
+                .map(|raw| raw.validate("config").map(std::sync::Arc::new))
+                .transpose()?,
             remote: match (platform, self.remote) {
                 (Platform::Remote, Some(raw)) => Some(raw.validate()?),
                 (Platform::Remote, None) => {

@@ -253,6 +253,7 @@ pub fn decode_request(request: ModelInferRequest) -> Result<InferRequest, ApiErr
         priority,
         timeout,
         headers: http::HeaderMap::new(),
+        protocol: "grpc",
         parameters: typed_parameters(parameters)?,
     })
 }

@@ -246,6 +246,7 @@ pub fn decode_request(
             priority,
             timeout,
             headers: http::HeaderMap::new(),
+            protocol: "http",
             parameters: typed_parameters(parsed.parameters)?,
         },
         binary: BinaryPrefs {
