@@ -53,6 +53,24 @@ pub struct Metrics {
     capture_queue: IntGaugeVec,
 }
 
+/// One capture sink's series.
+#[derive(Clone)]
+pub struct CaptureSinkMetrics {
+    pub records: prometheus::IntCounter,
+    pub queue: prometheus::IntGauge,
+    pub queue_full: prometheus::IntCounter,
+    pub sink_error: prometheus::IntCounter,
+    pub errors: prometheus::IntCounter,
+}
+
+impl CaptureSinkMetrics {
+    /// Counts a failed write or delivery attempt; returns the sink's total so far.
+    pub fn error(&self) -> u64 {
+        self.errors.inc();
+        self.errors.get()
+    }
+}
+
 /// Decrements the in-flight gauge when the request is answered (or abandoned).
 pub struct InFlight(prometheus::IntGauge);
 
@@ -511,35 +529,19 @@ impl Metrics {
         }
     }
 
-    /// A capture sink's series, at zero.
-    pub fn expose_capture_sink(&self, sink: &str) {
-        let _ = self.capture_records.with_label_values(&[sink]);
-        let _ = self.capture_sink_errors.with_label_values(&[sink]);
-        let _ = self.capture_queue.with_label_values(&[sink]);
-        for reason in ["queue_full", "sink_error"] {
-            let _ = self.capture_dropped.with_label_values(&[sink, reason]);
+    /// A capture sink's series, at zero, resolved once (records are counted per record).
+    pub fn capture_sink(&self, sink: &str) -> CaptureSinkMetrics {
+        CaptureSinkMetrics {
+            records: self.capture_records.with_label_values(&[sink]),
+            queue: self.capture_queue.with_label_values(&[sink]),
+            queue_full: self
+                .capture_dropped
+                .with_label_values(&[sink, "queue_full"]),
+            sink_error: self
+                .capture_dropped
+                .with_label_values(&[sink, "sink_error"]),
+            errors: self.capture_sink_errors.with_label_values(&[sink]),
         }
-    }
-
-    pub fn capture_queued(&self, sink: &str, delta: i64) {
-        self.capture_queue.with_label_values(&[sink]).add(delta);
-    }
-
-    pub fn capture_written(&self, sink: &str) {
-        self.capture_records.with_label_values(&[sink]).inc();
-    }
-
-    pub fn capture_dropped(&self, sink: &str, reason: &str) {
-        self.capture_dropped
-            .with_label_values(&[sink, reason])
-            .inc();
-    }
-
-    /// Counts a failed write or delivery attempt; returns the sink's total so far.
-    pub fn capture_sink_error(&self, sink: &str) -> u64 {
-        let counter = self.capture_sink_errors.with_label_values(&[sink]);
-        counter.inc();
-        counter.get()
     }
 
     /// A listener's connection series, at zero.

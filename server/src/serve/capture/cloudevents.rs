@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{CaptureSettings, Record, next_batch};
-use crate::metrics::Metrics;
+use crate::metrics::CaptureSinkMetrics;
 
 pub(super) struct CloudEventsSink {
     client: reqwest::Client,
@@ -22,7 +22,7 @@ pub(super) struct CloudEventsSink {
     source: String,
     retry_for: Duration,
     concurrency: usize,
-    metrics: Metrics,
+    metrics: CaptureSinkMetrics,
 }
 
 const REQUEST_TYPE: &str = "org.kubeflow.serving.inference.request";
@@ -32,7 +32,7 @@ impl CloudEventsSink {
     pub(super) fn new(
         url: &str,
         settings: &CaptureSettings,
-        metrics: Metrics,
+        metrics: CaptureSinkMetrics,
     ) -> Result<Self, String> {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!("--capture-url {url}: an http:// or https:// URL"));
@@ -66,8 +66,7 @@ impl CloudEventsSink {
     ) {
         let sink = Arc::new(self);
         while let Some(batch) = next_batch(&mut records, &stop, sink.concurrency).await {
-            sink.metrics
-                .capture_queued("cloudevents", -(batch.len() as i64));
+            sink.metrics.queue.sub(batch.len() as i64);
             let deliveries = batch.into_iter().map(|record| {
                 let sink = sink.clone();
                 let stop = stop.clone();
@@ -91,9 +90,9 @@ impl CloudEventsSink {
             }
         }
         if delivered {
-            self.metrics.capture_written("cloudevents");
+            self.metrics.records.inc();
         } else {
-            self.metrics.capture_dropped("cloudevents", "sink_error");
+            self.metrics.sink_error.inc();
         }
     }
 
@@ -140,7 +139,7 @@ impl CloudEventsSink {
                 Ok(response) => format!("the receiver answered {}", response.status()),
                 Err(err) => err.to_string(),
             };
-            let errors = self.metrics.capture_sink_error("cloudevents");
+            let errors = self.metrics.error();
             if errors.is_power_of_two() {
                 warn!(url = %self.url, reason = %failure, errors, "Capture delivery failed; retrying, then dropping.");
             }

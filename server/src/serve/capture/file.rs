@@ -14,16 +14,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{CaptureSettings, Record, next_batch};
-use crate::metrics::Metrics;
+use crate::metrics::CaptureSinkMetrics;
 
 pub(super) struct FileSink {
     dir: PathBuf,
     max_file_bytes: u64,
     rotate_interval: Duration,
     keep_files: usize,
-    metrics: Metrics,
+    metrics: CaptureSinkMetrics,
     current: Option<Open>,
     sequence: u64,
+    /// One line's buffer, reused for every record.
+    line: String,
 }
 
 struct Open {
@@ -36,7 +38,7 @@ impl FileSink {
     pub(super) fn new(
         dir: &Path,
         settings: &CaptureSettings,
-        metrics: Metrics,
+        metrics: CaptureSinkMetrics,
     ) -> Result<Self, String> {
         std::fs::create_dir_all(dir)
             .map_err(|err| format!("--capture-dir {}: {err}", dir.display()))?;
@@ -48,6 +50,7 @@ impl FileSink {
             metrics,
             current: None,
             sequence: 0,
+            line: String::new(),
         })
     }
 
@@ -56,32 +59,32 @@ impl FileSink {
         mut records: mpsc::Receiver<Arc<Record>>,
         stop: CancellationToken,
     ) {
+        // Runs on its own thread (see `Capture::start`): writing blocks it, not a reactor.
         while let Some(batch) = next_batch(&mut records, &stop, 256).await {
-            self.metrics.capture_queued("file", -(batch.len() as i64));
-            // Serialising and writing are blocking work: off the reactor threads.
-            self = match tokio::task::spawn_blocking(move || {
-                self.write(&batch);
-                self
-            })
-            .await
-            {
-                Ok(sink) => sink,
-                Err(_) => return,
-            };
+            self.metrics.queue.sub(batch.len() as i64);
+            self.write(&batch);
         }
     }
 
     fn write(&mut self, batch: &[Arc<Record>]) {
         for record in batch {
-            let line = record.to_json_line();
-            match self.file(line.len() as u64) {
-                Ok(open) => match open.writer.write_all(&line) {
+            let mut line = std::mem::take(&mut self.line);
+            line.clear();
+            record.write_json_line(&mut line);
+            let result = self.file(line.len() as u64);
+            let written = match result {
+                Ok(open) => match open.writer.write_all(line.as_bytes()) {
                     Ok(()) => {
                         open.written += line.len() as u64;
-                        self.metrics.capture_written("file");
+                        Ok(())
                     }
-                    Err(err) => self.failed(&err.to_string()),
+                    Err(err) => Err(err.to_string()),
                 },
+                Err(err) => Err(err),
+            };
+            self.line = line;
+            match written {
+                Ok(()) => self.metrics.records.inc(),
                 Err(err) => self.failed(&err),
             }
         }
@@ -93,8 +96,8 @@ impl FileSink {
     }
 
     fn failed(&mut self, reason: &str) {
-        let errors = self.metrics.capture_sink_error("file");
-        self.metrics.capture_dropped("file", "sink_error");
+        let errors = self.metrics.error();
+        self.metrics.sink_error.inc();
         if errors.is_power_of_two() {
             warn!(dir = %self.dir.display(), %reason, errors, "Capture file write failed; records dropped.");
         }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::capture::CapturePolicy;
-use crate::metrics::Metrics;
+use crate::metrics::{CaptureSinkMetrics, Metrics};
 pub use record::{CapturedTensor, Record};
 
 /// Where records go, from flags. No sink: capture policies have no effect.
@@ -69,12 +69,12 @@ impl Default for CaptureSettings {
 struct Sink {
     name: &'static str,
     queue: mpsc::Sender<Arc<Record>>,
+    metrics: CaptureSinkMetrics,
 }
 
 /// The capture handle the request path offers records to.
 pub struct Capture {
     sinks: Vec<Sink>,
-    metrics: Metrics,
     dropped: AtomicU64,
     stop: CancellationToken,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -91,31 +91,41 @@ impl Capture {
         let mut tasks = Vec::new();
         if let Some(dir) = &settings.dir {
             let (queue, records) = mpsc::channel(settings.queue.max(1));
-            let writer = file::FileSink::new(dir, settings, metrics.clone())?;
-            tasks.push(tokio::spawn(writer.run(records, stop.clone())));
+            let sink_metrics = metrics.capture_sink("file");
+            let writer = file::FileSink::new(dir, settings, sink_metrics.clone())?;
+            // Its own thread: serialising and writing block it, never a reactor
+            // thread, and no task hops between batches.
+            let runtime = tokio::runtime::Handle::current();
+            let stopping = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name("sy-capture-file".to_owned())
+                .spawn(move || runtime.block_on(writer.run(records, stopping)))
+                .map_err(|err| format!("starting the capture writer: {err}"))?;
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let _ = thread.join();
+            }));
             sinks.push(Sink {
                 name: "file",
                 queue,
+                metrics: sink_metrics,
             });
         }
         if let Some(url) = &settings.url {
             let (queue, records) = mpsc::channel(settings.queue.max(1));
-            let poster = cloudevents::CloudEventsSink::new(url, settings, metrics.clone())?;
+            let sink_metrics = metrics.capture_sink("cloudevents");
+            let poster = cloudevents::CloudEventsSink::new(url, settings, sink_metrics.clone())?;
             tasks.push(tokio::spawn(poster.run(records, stop.clone())));
             sinks.push(Sink {
                 name: "cloudevents",
                 queue,
+                metrics: sink_metrics,
             });
         }
         if sinks.is_empty() {
             return Ok(None);
         }
-        for sink in &sinks {
-            metrics.expose_capture_sink(sink.name);
-        }
         Ok(Some(Arc::new(Capture {
             sinks,
-            metrics,
             dropped: AtomicU64::new(0),
             stop,
             tasks: std::sync::Mutex::new(tasks),
@@ -127,9 +137,9 @@ impl Capture {
         let record = Arc::new(record);
         for sink in &self.sinks {
             match sink.queue.try_send(record.clone()) {
-                Ok(()) => self.metrics.capture_queued(sink.name, 1),
+                Ok(()) => sink.metrics.queue.inc(),
                 Err(_) => {
-                    self.metrics.capture_dropped(sink.name, "queue_full");
+                    sink.metrics.queue_full.inc();
                     let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     // Said at a bounded rate: the 1st, 2nd, 4th, 8th… drop.
                     if dropped.is_power_of_two() {
