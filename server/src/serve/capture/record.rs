@@ -171,7 +171,7 @@ impl Record {
                 None => out.push_str("null"),
             }
         }
-        let _ = write!(out, ",\"truncated\":{}}}\n", self.truncated);
+        let _ = writeln!(out, ",\"truncated\":{}}}", self.truncated);
     }
 
     /// The JSON Lines form of one record.
