@@ -248,7 +248,8 @@ def test_metrics_expose_every_documented_series(tmp_path):
         "      - {name: next, model: iris, weight: 10}\n    shadow: {model: iris, percent: 5}\n"
         "    canary: {stable: stable, canary: next, steps: [10, 100], interval: 1h, min_requests: 1000}\n"
     )
-    server = Server(repository=tmp_path)
+    # A capture sink makes its series (they exist only where one is configured).
+    server = Server("--capture-dir", str(tmp_path / "capture"), repository=tmp_path)
     try:
         metrics = f"http://{server.metrics}/metrics"
         # Before any request: every documented series is there, the countable ones at zero.
@@ -268,6 +269,8 @@ def test_metrics_expose_every_documented_series(tmp_path):
             'switchyard_endpoint_requests_total{endpoint="scorer",outcome="failure",variant="next"}',
             'switchyard_canary_decisions_total{decision="rollback",endpoint="scorer"}',
             'switchyard_shadow_dropped_total{endpoint="scorer"}',
+            'switchyard_capture_dropped_total{reason="queue_full",sink="file"}',
+            'switchyard_capture_records_total{sink="file"}',
             'switchyard_model_events_total{event="retired",model="mlp"}',
             "switchyard_route_file_errors_total",
         ]:
