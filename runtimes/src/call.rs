@@ -17,6 +17,16 @@ pub enum Parameter {
 }
 
 impl Parameter {
+    /// The value as the v2 JSON protocol carries it.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Parameter::Bool(b) => serde_json::Value::from(*b),
+            Parameter::Int(i) => serde_json::Value::from(*i),
+            Parameter::Double(d) => serde_json::Value::from(*d),
+            Parameter::Text(s) => serde_json::Value::from(s.as_str()),
+        }
+    }
+
     /// The value as text (sticky keys, sequence ids given as strings).
     pub fn as_text(&self) -> String {
         match self {

@@ -28,13 +28,7 @@ impl GrpcUpstream {
         headers: HeaderMap,
     ) -> Result<Self, String> {
         let tls = options.tls.as_ref();
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else if tls.is_some() {
-            format!("https://{addr}")
-        } else {
-            format!("http://{addr}")
-        };
+        let uri = super::upstream_url(addr, tls.is_some());
         let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| format!("upstream `{addr}`: {e}"))?
             .connect_timeout(options.connect_timeout)

@@ -10,7 +10,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use super::{Failure, Outgoing};
-use crate::{DataType, Parameter, Signature, Tensor, TensorSpec};
+use crate::{DataType, Signature, Tensor, TensorSpec};
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -27,13 +27,7 @@ impl HttpUpstream {
         headers: HeaderMap,
     ) -> Result<Self, String> {
         let tls = options.tls.as_ref();
-        let base = if addr.contains("://") {
-            addr.trim_end_matches('/').to_owned()
-        } else if tls.is_some() {
-            format!("https://{addr}")
-        } else {
-            format!("http://{addr}")
-        };
+        let base = super::upstream_url(addr, tls.is_some());
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(options.connect_timeout)
@@ -82,7 +76,7 @@ impl HttpUpstream {
         let mut parameters: Map<String, Value> = call
             .parameters
             .iter()
-            .map(|(key, value)| (key.clone(), parameter(value)))
+            .map(|(key, value)| (key.clone(), value.to_json()))
             .collect();
         let mut inputs = Vec::with_capacity(call.inputs.len());
         for tensor in call.inputs {
@@ -255,15 +249,6 @@ fn status_failure(status: reqwest::StatusCode, body: &[u8]) -> Failure {
         429 => Failure::Overloaded(message),
         502..=504 => Failure::Unreachable(message),
         _ => Failure::Failed(message),
-    }
-}
-
-fn parameter(value: &Parameter) -> Value {
-    match value {
-        Parameter::Bool(b) => json!(b),
-        Parameter::Int(i) => json!(i),
-        Parameter::Double(d) => json!(d),
-        Parameter::Text(s) => json!(s),
     }
 }
 

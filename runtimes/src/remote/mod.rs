@@ -131,6 +131,18 @@ impl std::ops::Deref for Settings<'_> {
     }
 }
 
+/// An upstream's base URL: as given when it has a scheme, else https with
+/// TLS configured and http without.
+fn upstream_url(addr: &str, tls: bool) -> String {
+    if addr.contains("://") {
+        addr.trim_end_matches('/').to_owned()
+    } else if tls {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 /// One call to one upstream.
 pub(crate) struct Outgoing<'a> {
     model: &'a str,

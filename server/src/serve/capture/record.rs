@@ -44,21 +44,12 @@ pub struct Record {
     pub truncated: bool,
 }
 
-fn parameter(value: &Parameter) -> Value {
-    match value {
-        Parameter::Bool(b) => json!(b),
-        Parameter::Int(i) => json!(i),
-        Parameter::Double(d) => json!(d),
-        Parameter::Text(s) => json!(s),
-    }
-}
-
 fn parameters(record: &Record) -> Value {
     Value::Object(
         record
             .parameters
             .iter()
-            .map(|(key, value)| (key.clone(), parameter(value)))
+            .map(|(key, value)| (key.clone(), value.to_json()))
             .collect::<Map<String, Value>>(),
     )
 }
