@@ -216,10 +216,11 @@ class Row:
     error_kinds: dict = field(default_factory=dict)
 
 
-def drive(server: Server, protocol: str, concurrency: int, duration: str, core: int, input_file: Path | None) -> Row:
+def drive(server: Server, protocol: str, concurrency: int, duration: str, core: int, input_file: Path | None,
+          model: str = "mlp") -> Row:
     addr = f"127.0.0.1:{server.grpc_port if protocol.startswith('grpc') else server.http_port}"
     cmd = ["taskset", "-c", str(core), str(RELEASE / "switchyard-load"), "--addr", addr,
-           "--protocol", protocol, "--model", "mlp", "--concurrency", str(concurrency),
+           "--protocol", protocol, "--model", model, "--concurrency", str(concurrency),
            "--duration", duration, "--warmup", "1s", "--json"]
     if input_file is not None:
         cmd += ["--input-file", str(input_file)]

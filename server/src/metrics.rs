@@ -39,6 +39,7 @@ pub struct Metrics {
     source_up: IntGaugeVec,
     endpoint_requests: IntCounterVec,
     endpoint_latency: HistogramVec,
+    pipeline_steps: HistogramVec,
     shadow_dropped: IntCounterVec,
     canary_decisions: IntCounterVec,
     canary_weight: prometheus::GaugeVec,
@@ -168,6 +169,28 @@ pub struct VersionStats {
     pub compute_infer: StatDuration,
     /// Executions by batch size (index = rows, 1..=max batch size).
     pub batches: Vec<StatDuration>,
+}
+
+/// One pipeline step's timing series (success resolved once; other outcomes on demand).
+#[derive(Clone)]
+pub struct PipelineStepMetrics {
+    success: prometheus::Histogram,
+    histogram: HistogramVec,
+    pipeline: String,
+    step: String,
+}
+
+impl PipelineStepMetrics {
+    /// `outcome`: `success`, `skipped`, or the failure's error-kind label.
+    pub fn observe(&self, outcome: &str, took: Duration) {
+        if outcome == "success" {
+            self.success.observe(took.as_secs_f64());
+        } else {
+            self.histogram
+                .with_label_values(&[self.pipeline.as_str(), self.step.as_str(), outcome])
+                .observe(took.as_secs_f64());
+        }
+    }
 }
 
 impl VersionStats {
@@ -361,6 +384,14 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint", "variant"],
         )?;
+        let pipeline_steps = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_pipeline_step_duration_seconds",
+                "Time of each pipeline step (queue and model), by pipeline, step and outcome (`skipped`: its condition did not hold).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["pipeline", "step", "outcome"],
+        )?;
         let shadow_dropped = IntCounterVec::new(
             Opts::new(
                 "switchyard_shadow_dropped_total",
@@ -452,6 +483,7 @@ impl Metrics {
         registry.register(Box::new(model_events.clone()))?;
         registry.register(Box::new(endpoint_requests.clone()))?;
         registry.register(Box::new(endpoint_latency.clone()))?;
+        registry.register(Box::new(pipeline_steps.clone()))?;
         registry.register(Box::new(shadow_dropped.clone()))?;
         registry.register(Box::new(canary_decisions.clone()))?;
         registry.register(Box::new(canary_weight.clone()))?;
@@ -488,6 +520,7 @@ impl Metrics {
             source_up,
             endpoint_requests,
             endpoint_latency,
+            pipeline_steps,
             shadow_dropped,
             canary_decisions,
             canary_weight,
@@ -526,6 +559,18 @@ impl Metrics {
                     .canary_decisions
                     .with_label_values(&[endpoint, decision]);
             }
+        }
+    }
+
+    /// A pipeline step's series: its successes exposed at zero when the pipeline loads.
+    pub fn pipeline_step(&self, pipeline: &str, step: &str) -> PipelineStepMetrics {
+        PipelineStepMetrics {
+            success: self
+                .pipeline_steps
+                .with_label_values(&[pipeline, step, "success"]),
+            histogram: self.pipeline_steps.clone(),
+            pipeline: pipeline.to_owned(),
+            step: step.to_owned(),
         }
     }
 

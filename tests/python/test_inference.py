@@ -97,10 +97,12 @@ def test_versioned_inference_and_metadata(server):
 
 
 def test_repository_index_on_both_protocols(server):
+    # The samples, and the pipeline over three of them (models/triton is a repository of its own, not listed).
+    bundled = {(name, "READY") for name in ["mlp", "iris", "typed", "normalize", "topk", "mlp_pipeline"]}
     http_index = httpclient.InferenceServerClient(server.http).get_model_repository_index()
-    assert {(m["name"], m["state"]) for m in http_index} == {("mlp", "READY"), ("iris", "READY"), ("typed", "READY")}
+    assert {(m["name"], m["state"]) for m in http_index} == bundled
     grpc_index = grpcclient.InferenceServerClient(server.grpc).get_model_repository_index()
-    assert {(m.name, m.state) for m in grpc_index.models} == {("mlp", "READY"), ("iris", "READY"), ("typed", "READY")}
+    assert {(m.name, m.state) for m in grpc_index.models} == bundled
 
 
 def test_typed_exact_values_over_json(server):

@@ -248,6 +248,13 @@ def test_metrics_expose_every_documented_series(tmp_path):
         "      - {name: next, model: iris, weight: 10}\n    shadow: {model: iris, percent: 5}\n"
         "    canary: {stable: stable, canary: next, steps: [10, 100], interval: 1h, min_requests: 1000}\n"
     )
+    # A pipeline makes its step series.
+    (tmp_path / "chain").mkdir()
+    (tmp_path / "chain" / "config.yaml").write_text(
+        "platform: pipeline\nmax_batch_size: 8\ninputs: [{name: x, datatype: FP32, dims: [256]}]\n"
+        "outputs: [{name: y, datatype: FP32, dims: [10], from: score.output}]\n"
+        "steps: [{name: score, model: mlp, inputs: {input: x}}]\n"
+    )
     # A capture sink makes its series (they exist only where one is configured).
     server = Server("--capture-dir", str(tmp_path / "capture"), repository=tmp_path)
     try:

@@ -4,6 +4,7 @@
 //!
 //! - `model`: per-model config (`config.yaml`) and its Triton mapping (`config.pbtxt`)
 //! - `pbtxt`: protobuf text format, as Triton writes it
+//! - `pipeline`: composed models (native pipelines, Triton ensembles) and their graph
 //! - `routes`: the route file (endpoints, variants, shadows, canary policies)
 //! - `file`: the size, encoding and nesting bounds every config file meets
 //! - `names`: which model and endpoint names are accepted
@@ -13,4 +14,5 @@ pub mod file;
 pub mod model;
 pub mod names;
 pub mod pbtxt;
+pub mod pipeline;
 pub mod routes;

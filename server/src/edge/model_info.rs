@@ -65,6 +65,8 @@ fn backend(platform: Platform) -> &'static str {
         Platform::Onnx => "onnxruntime",
         Platform::Torch => "pytorch",
         Platform::Remote => "remote",
+        Platform::Pipeline => "pipeline",
+        Platform::Ensemble => "ensemble",
     }
 }
 
@@ -111,6 +113,8 @@ fn instance_groups(config: &ModelConfig) -> Vec<proto::ModelInstanceGroup> {
                 .collect()
         }
         (Platform::Remote, _) => vec![group(config.instance_count, Kind::Model, Vec::new())],
+        // Composed models run in their steps' instances (Triton lists none).
+        (Platform::Pipeline | Platform::Ensemble, _) => Vec::new(),
         _ => vec![group(config.instance_count, Kind::Cpu, Vec::new())],
     }
 }
@@ -209,7 +213,53 @@ fn config_of(
             .collect(),
         dynamic_batching: dynamic_batching(config),
         instance_group: instance_groups(config),
+        ensemble_scheduling: config.pipeline.as_deref().map(ensembling),
     }
+}
+
+/// A pipeline's steps as Triton's `ensemble_scheduling`: each map's value is
+/// the tensor as the config names it (`step.output`, or a pipeline input).
+fn ensembling(spec: &crate::config::pipeline::PipelineSpec) -> proto::ModelEnsembling {
+    use crate::config::pipeline::{StepTarget, TensorRef};
+    let consumed: Vec<&TensorRef> = spec
+        .steps
+        .iter()
+        .flat_map(|s| s.inputs.iter().map(|(_, r)| r))
+        .chain(spec.outputs.iter().flat_map(|o| o.from.iter()))
+        .collect();
+    let step = spec
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(index, step)| {
+            let (model_name, model_version) = match &step.target {
+                StepTarget::Model { name, version } => (
+                    name.clone(),
+                    version.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)),
+                ),
+                StepTarget::Endpoint(name) => (name.clone(), -1),
+            };
+            let mut output_map = std::collections::HashMap::new();
+            for tensor in &consumed {
+                if let TensorRef::Output { step: from, name } = tensor
+                    && *from == index
+                {
+                    output_map.insert(name.clone(), spec.describe(tensor));
+                }
+            }
+            proto::model_ensembling::Step {
+                model_name,
+                model_version,
+                input_map: step
+                    .inputs
+                    .iter()
+                    .map(|(input, tensor)| (input.clone(), spec.describe(tensor)))
+                    .collect(),
+                output_map,
+            }
+        })
+        .collect();
+    proto::ModelEnsembling { step }
 }
 
 /// The same configuration as Triton's HTTP answer writes it (enum names,
@@ -272,6 +322,27 @@ pub fn config_json(config: &proto::ModelConfig) -> serde_json::Value {
             });
         }
         out["dynamic_batching"] = batching;
+    }
+    if let Some(ensembling) = &config.ensemble_scheduling {
+        let steps: Vec<serde_json::Value> = ensembling
+            .step
+            .iter()
+            .map(|s| {
+                // Sorted, so the answer is the same every time.
+                fn sorted(
+                    m: &std::collections::HashMap<String, String>,
+                ) -> std::collections::BTreeMap<&String, &String> {
+                    m.iter().collect()
+                }
+                json!({
+                    "model_name": s.model_name,
+                    "model_version": s.model_version,
+                    "input_map": sorted(&s.input_map),
+                    "output_map": sorted(&s.output_map),
+                })
+            })
+            .collect();
+        out["ensemble_scheduling"] = json!({ "step": steps });
     }
     out
 }

@@ -60,6 +60,7 @@ impl ModelEntry {
         self.error
             .clone()
             .or_else(|| self.failed.values().next_back().cloned())
+            .or_else(|| self.versions.values().find_map(|v| v.unhealthy()))
             .unwrap_or_else(|| "no version is loaded".to_owned())
     }
 }
@@ -124,8 +125,10 @@ impl CatalogWriter<'_> {
         self.store.current.load_full()
     }
 
-    /// Swaps `next` in: every later request sees it.
+    /// Swaps `next` in: every later request sees it. Pipelines are checked
+    /// against it first, so they are ready exactly when their steps are.
     pub fn publish(&self, next: Catalog) {
+        crate::serve::pipeline::check_all(&next);
         self.store.current.store(Arc::new(next));
     }
 }

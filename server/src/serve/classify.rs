@@ -25,7 +25,7 @@ pub fn check(spec: &TensorSpec) -> Result<(), ApiError> {
 }
 
 /// Reads a tensor's elements as numbers, with how to print one (integers stay integers).
-fn scores(tensor: &Tensor) -> Result<(Vec<f64>, bool), ApiError> {
+pub fn numbers(tensor: &Tensor) -> Result<(Vec<f64>, bool), ApiError> {
     let data = tensor.data();
     let each = |width: usize| data.chunks_exact(width);
     let arr = |c: &[u8]| -> [u8; 8] {
@@ -82,7 +82,7 @@ pub fn classify(
     labels: Option<&[String]>,
     batched: bool,
 ) -> Result<Tensor, ApiError> {
-    let (values, integers) = scores(tensor)?;
+    let (values, integers) = numbers(tensor)?;
     let shape = tensor.shape();
     let leading: Vec<i64> = if batched {
         shape.first().copied().into_iter().collect()

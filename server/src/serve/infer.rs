@@ -389,8 +389,10 @@ pub async fn infer(
             crate::serve::capture::Pending::start(policy, id, &request, routed),
         ))
     });
-    drop(catalog);
-    let result = run(&model, request).await;
+    // A pipeline's steps resolve in this same catalog; anything else lets it go
+    // (retired versions free once their own requests finish).
+    let catalog = model.pipeline().is_some().then_some(catalog);
+    let result = run(serving, catalog.as_deref(), &model, request).await;
     if let Some((endpoint, variant)) = &routed {
         serving
             .traffic
@@ -405,34 +407,34 @@ pub async fn infer(
     Ok(response)
 }
 
-async fn run(model: &Arc<ModelVersion>, request: InferRequest) -> Result<InferResponse, ApiError> {
-    validate(model, &request)?;
-    let context = if model.forwards_requests() {
-        request.forwarded_context()?
-    } else {
-        None
+/// Validates and runs a request on `model` (a pipeline runs its steps in
+/// `catalog`), keeping the outputs asked for.
+async fn run(
+    serving: &Serving,
+    catalog: Option<&crate::serve::catalog::Catalog>,
+    model: &Arc<ModelVersion>,
+    mut request: InferRequest,
+) -> Result<InferResponse, ApiError> {
+    let id = request.id.take();
+    let requested = request.outputs.take();
+    let mut produced = match (model.pipeline(), catalog) {
+        (Some(pipeline), Some(catalog)) => {
+            validate(model, &request)?;
+            crate::serve::pipeline::run(serving, catalog, model, pipeline, request).await?
+        }
+        (Some(_), None) => return Err(ApiError::internal("a pipeline ran without its catalog")),
+        (None, _) => {
+            request.outputs = requested.clone();
+            call_model(model, request).await?
+        }
     };
-    let InferRequest {
-        id,
-        inputs,
-        outputs,
-        priority,
-        timeout,
-        ..
-    } = request;
-    let mut produced = model.infer(inputs, priority, timeout, context).await?;
-    let produced_names: Vec<String> = model
-        .signature
-        .outputs
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
+    let composed = model.pipeline().is_some();
     // Keep only outputs the signature exposes, in the order asked for.
-    let outputs = match outputs {
+    let outputs = match requested {
         Some(requested) => requested
             .iter()
             .map(|output| {
-                let tensor = take_output(&mut produced, &output.name)?;
+                let tensor = take_output(&mut produced, &output.name, composed)?;
                 match output.classification {
                     None => Ok(tensor),
                     Some(k) => crate::serve::classify::classify(
@@ -444,9 +446,13 @@ async fn run(model: &Arc<ModelVersion>, request: InferRequest) -> Result<InferRe
                 }
             })
             .collect::<Result<Vec<_>, _>>()?,
-        None => produced_names
+        // A pipeline leaves out what a skipped step did not produce.
+        None if composed => produced,
+        None => model
+            .signature
+            .outputs
             .iter()
-            .map(|name| take_output(&mut produced, name))
+            .map(|spec| take_output(&mut produced, &spec.name, false))
             .collect::<Result<Vec<_>, _>>()?,
     };
     Ok(InferResponse {
@@ -458,10 +464,36 @@ async fn run(model: &Arc<ModelVersion>, request: InferRequest) -> Result<InferRe
     })
 }
 
-fn take_output(produced: &mut Vec<Tensor>, name: &str) -> Result<Tensor, ApiError> {
-    let index = produced
-        .iter()
-        .position(|t| t.name() == name)
-        .ok_or_else(|| ApiError::internal(format!("the runtime gave no output `{name}`")))?;
+/// One model request (also a pipeline step): validated, queued in the
+/// model's batcher, answered with every output the runtime gave.
+pub async fn call_model(
+    model: &Arc<ModelVersion>,
+    request: InferRequest,
+) -> Result<Vec<Tensor>, ApiError> {
+    validate(model, &request)?;
+    let context = if model.forwards_requests() {
+        request.forwarded_context()?
+    } else {
+        None
+    };
+    let InferRequest {
+        inputs,
+        priority,
+        timeout,
+        ..
+    } = request;
+    model.infer(inputs, priority, timeout, context).await
+}
+
+fn take_output(produced: &mut Vec<Tensor>, name: &str, composed: bool) -> Result<Tensor, ApiError> {
+    let index = produced.iter().position(|t| t.name() == name).ok_or_else(|| {
+        if composed {
+            ApiError::invalid(format!(
+                "output `{name}` was not produced: the steps it comes from were skipped (their conditions did not hold)"
+            ))
+        } else {
+            ApiError::internal(format!("the runtime gave no output `{name}`"))
+        }
+    })?;
     Ok(produced.swap_remove(index))
 }

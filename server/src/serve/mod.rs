@@ -9,6 +9,7 @@
 //! - `catalog`: the swapped snapshot of what serves, and its store
 //! - `model`: a loaded version (runtimes, warm-up, worker threads, breaker)
 //! - `batcher`: the per-version queue and dynamic batcher
+//! - `pipeline`: running pipelines and ensembles step by step, and checking them against the catalog
 //! - `traffic`: per-variant outcome windows and shadow copies
 //! - `capture`: sampled request/response records and their sinks
 //! - `classify`: the classification extension
@@ -19,6 +20,7 @@ pub mod catalog;
 pub mod classify;
 pub mod infer;
 pub mod model;
+pub mod pipeline;
 pub mod route;
 pub mod traffic;
 

@@ -164,6 +164,10 @@ pub enum Platform {
     Torch,
     /// Forwarded to KServe v2 upstreams.
     Remote,
+    /// Steps of other models, from `config.yaml` (`steps:`).
+    Pipeline,
+    /// A Triton ensemble (`ensemble_scheduling` in `config.pbtxt`).
+    Ensemble,
 }
 
 impl Platform {
@@ -173,7 +177,19 @@ impl Platform {
             Platform::Onnx => "onnxruntime_onnx",
             Platform::Torch => "pytorch_libtorch",
             Platform::Remote => "remote",
+            Platform::Pipeline => "pipeline",
+            Platform::Ensemble => "ensemble",
         }
+    }
+
+    /// Composed of other models: no files, no runtime of its own.
+    pub fn is_composed(self) -> bool {
+        matches!(self, Platform::Pipeline | Platform::Ensemble)
+    }
+
+    /// Has no model file: one version, identified by its config.
+    pub fn has_no_files(self) -> bool {
+        self == Platform::Remote || self.is_composed()
     }
 
     fn parse(name: &str) -> Result<Self, String> {
@@ -181,8 +197,10 @@ impl Platform {
             "onnxruntime_onnx" | "onnx" | "onnxruntime" => Ok(Platform::Onnx),
             "pytorch_libtorch" | "pytorch" | "libtorch" | "torchscript" => Ok(Platform::Torch),
             "remote" => Ok(Platform::Remote),
+            "pipeline" => Ok(Platform::Pipeline),
+            "ensemble" => Ok(Platform::Ensemble),
             other => Err(format!(
-                "unknown platform `{other}`; expected `onnxruntime_onnx`, `pytorch_libtorch` or `remote`"
+                "unknown platform `{other}`; expected `onnxruntime_onnx`, `pytorch_libtorch`, `remote`, `pipeline` or `ensemble`"
             )),
         }
     }
@@ -248,6 +266,8 @@ pub struct ModelConfig {
     pub warmup: bool,
     /// Set for platform `remote`.
     pub remote: Option<RemoteConfig>,
+    /// Set for platforms `pipeline` and `ensemble`.
+    pub pipeline: Option<std::sync::Arc<crate::config::pipeline::PipelineSpec>>,
     /// Which requests are recorded (payload capture); `None` = none.
     pub capture: Option<std::sync::Arc<crate::config::capture::CapturePolicy>>,
     /// Failed batches in a row (runtime errors or panics) that mark the version unhealthy.
@@ -280,6 +300,7 @@ impl ModelConfig {
             torch: None,
             warmup: true,
             remote: None,
+            pipeline: None,
             capture: None,
             unhealthy_after_failures: 5,
             unhealthy_cooldown: Duration::from_secs(10),

@@ -22,6 +22,9 @@ pub(super) struct RawTensorConfig {
     /// (a file in the model folder; Triton's field name).
     #[serde(default)]
     pub(super) label_filename: Option<String>,
+    /// Pipeline outputs: the step output (or alternatives) it comes from.
+    #[serde(default)]
+    pub(super) from: Option<crate::config::pipeline::RawFrom>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -145,6 +148,11 @@ pub(super) struct RawModelConfig {
     pub(super) remote: Option<RawRemote>,
     pub(super) unhealthy_after_failures: Option<u32>,
     pub(super) unhealthy_cooldown_ms: Option<u64>,
+    /// Platform `pipeline`: its steps.
+    pub(super) steps: Option<Vec<crate::config::pipeline::RawStep>>,
+    /// Platform `ensemble`: Triton's `ensemble_scheduling` steps (never from YAML).
+    #[serde(skip)]
+    pub(super) ensemble_steps: Option<Vec<crate::config::pipeline::EnsembleStep>>,
     /// One device per instance, from Triton's `instance_group` (never from YAML).
     #[serde(skip)]
     pub(super) instance_devices: Option<Vec<TorchDevice>>,
@@ -165,6 +173,12 @@ impl RawModelConfig {
                 "instance_count must be between 1 and {MAX_INSTANCES}, got {instance_count}"
             ));
         }
+        // Steps batch in their own models; a pipeline has no queue or instances.
+        let composed_only_fields = [
+            (self.dynamic_batching.is_some(), "dynamic_batching"),
+            (self.instance_count.is_some(), "instance_count"),
+            (self.onnx.is_some(), "onnx"),
+        ];
         let raw_queue = self.queue.unwrap_or_default();
         let queue = QueuePolicy {
             capacity: raw_queue.capacity.unwrap_or(defaults.queue_capacity),
@@ -274,7 +288,19 @@ impl RawModelConfig {
                 }
                 (_, None) => None,
             },
+            pipeline: None,
         };
+        if platform.is_composed() {
+            for (given, field) in composed_only_fields {
+                if given {
+                    return Err(format!(
+                        "`{field}` has no meaning for a {}: its steps run in their own models (set it there)",
+                        platform.as_str()
+                    ));
+                }
+            }
+            config.warmup = false;
+        }
         let mut seen = std::collections::HashSet::new();
         for (kind, raw, out) in [("input", &self.inputs, 0), ("output", &self.outputs, 1)] {
             for tensor in raw {
@@ -307,6 +333,12 @@ impl RawModelConfig {
                     }
                     config.label_files.insert(tensor.name.clone(), file.clone());
                 }
+                if tensor.from.is_some() && (out == 0 || platform != Platform::Pipeline) {
+                    return Err(format!(
+                        "{kind} `{}`: `from` is for the outputs of a pipeline",
+                        tensor.name
+                    ));
+                }
                 if out == 0 {
                     config.inputs.push(spec);
                 } else {
@@ -317,7 +349,67 @@ impl RawModelConfig {
         if platform == Platform::Torch {
             switchyard_runtimes::torch::check_signature(&config.signature_declared())?;
         }
+        config.pipeline = pipeline_spec(
+            platform,
+            &config,
+            self.steps,
+            self.ensemble_steps,
+            &self.outputs,
+        )?
+        .map(std::sync::Arc::new);
         Ok(config)
+    }
+}
+
+/// The graph of a pipeline or ensemble; `None` for other platforms.
+fn pipeline_spec(
+    platform: Platform,
+    config: &ModelConfig,
+    steps: Option<Vec<crate::config::pipeline::RawStep>>,
+    ensemble_steps: Option<Vec<crate::config::pipeline::EnsembleStep>>,
+    raw_outputs: &[RawTensorConfig],
+) -> Result<Option<crate::config::pipeline::PipelineSpec>, String> {
+    {
+        use crate::config::pipeline;
+        if !platform.is_composed() {
+            if steps.is_some() {
+                return Err("`steps` needs `platform: pipeline`".to_owned());
+            }
+            return Ok(None);
+        }
+        if config.inputs.is_empty() || config.outputs.is_empty() {
+            return Err(format!(
+                "a {} declares its `inputs` and `outputs` (name, datatype, dims): they are its contract with clients",
+                platform.as_str()
+            ));
+        }
+        let input_names: Vec<String> = config.inputs.iter().map(|s| s.name.clone()).collect();
+        let spec = match (platform, steps, ensemble_steps) {
+            (Platform::Pipeline, Some(steps), _) => {
+                let mut outputs = Vec::new();
+                for tensor in raw_outputs {
+                    let from = tensor.from.clone().ok_or_else(|| {
+                        format!(
+                            "output `{}` needs `from`: the step output it comes from (`<step>.<output>`)",
+                            tensor.name
+                        )
+                    })?;
+                    outputs.push((tensor.name.clone(), from.into_vec()));
+                }
+                pipeline::from_yaml(steps, &input_names, outputs)?
+            }
+            (Platform::Pipeline, None, _) => {
+                return Err("platform pipeline needs `steps`".to_owned());
+            }
+            (_, _, Some(steps)) => {
+                let outputs: Vec<String> = config.outputs.iter().map(|s| s.name.clone()).collect();
+                pipeline::from_ensemble(steps, &input_names, &outputs)?
+            }
+            (_, _, None) => {
+                return Err("platform ensemble needs `ensemble_scheduling` with steps".to_owned());
+            }
+        };
+        Ok(Some(spec))
     }
 }
 

@@ -300,3 +300,85 @@ fn declared_signature_must_match_the_model() {
             .contains("variable first dimension")
     );
 }
+
+#[test]
+fn pipelines_parse_and_refuse_what_has_no_meaning_for_them() {
+    let text = r#"
+platform: pipeline
+max_batch_size: 8
+inputs: [{name: raw, datatype: FP32, dims: [4]}]
+outputs:
+  - {name: scores, datatype: FP32, dims: [3], from: [deep.output, fast.output]}
+steps:
+  - {name: deep, model: big, version: 2, inputs: {input: raw}, when: {parameter: deep, equals: true}}
+  - {name: fast, model: small, inputs: {input: raw}, when: {parameter: deep, not_equals: true}}
+"#;
+    let config = ModelConfig::parse(text, &defaults()).unwrap();
+    assert_eq!(config.platform, Platform::Pipeline);
+    assert!(!config.warmup);
+    let spec = config.pipeline.as_ref().unwrap();
+    assert_eq!(spec.steps.len(), 2);
+    assert_eq!(spec.outputs[0].from.len(), 2);
+    for (extra, field) in [
+        ("dynamic_batching: {max_queue_delay_us: 10}\n", "dynamic_batching"),
+        ("instance_count: 2\n", "instance_count"),
+    ] {
+        let err = ModelConfig::parse(&format!("{text}{extra}"), &defaults()).unwrap_err();
+        assert!(err.contains(field), "{err}");
+    }
+    let undeclared = "platform: pipeline\nsteps: [{name: a, model: m, inputs: {x: y}}]\n";
+    assert!(
+        ModelConfig::parse(undeclared, &defaults())
+            .unwrap_err()
+            .contains("declares its `inputs` and `outputs`")
+    );
+    let stray_from = "inputs: [{name: x, datatype: FP32, dims: [1]}]\noutputs: [{name: y, datatype: FP32, dims: [1], from: a.b}]\n";
+    assert!(
+        ModelConfig::parse(stray_from, &defaults())
+            .unwrap_err()
+            .contains("`from` is for the outputs of a pipeline")
+    );
+}
+
+#[test]
+fn triton_ensembles_map_their_steps() {
+    let text = r#"
+name: "ens"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "RAW" data_type: TYPE_FP32 dims: [ 256 ] } ]
+output [ { name: "PROB" data_type: TYPE_FP32 dims: [ 10 ] } ]
+ensemble_scheduling {
+  step [
+    {
+      model_name: "pre"
+      model_version: -1
+      input_map { key: "raw" value: "RAW" }
+      output_map { key: "normalized" value: "mid" }
+    },
+    {
+      model_name: "mlp"
+      model_version: 3
+      input_map { key: "input" value: "mid" }
+      output_map { key: "output" value: "PROB" }
+    }
+  ]
+}
+"#;
+    let (config, warnings) = from_triton(text, "ens", &defaults()).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.platform, Platform::Ensemble);
+    let spec = config.pipeline.as_ref().unwrap();
+    assert_eq!(spec.steps[1].after, vec![0]);
+    assert_eq!(
+        spec.steps[1].target,
+        crate::config::pipeline::StepTarget::Model {
+            name: "mlp".into(),
+            version: Some(3)
+        }
+    );
+    assert_eq!(spec.describe(&spec.outputs[0].from[0]), "mlp.output");
+    let broken = text.replace("value: \"mid\" }\n    }", "value: \"elsewhere\" }\n    }");
+    let err = from_triton(&broken, "ens", &defaults()).unwrap_err();
+    assert!(err.contains("never produced"), "{err}");
+}

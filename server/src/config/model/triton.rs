@@ -81,6 +81,7 @@ pub fn from_triton(
                         .ok_or_else(|| format!("config.pbtxt: an {kind} has no data_type"))?,
                     dims,
                     label_filename,
+                    from: None,
                 })
             })
             .collect()
@@ -220,6 +221,16 @@ pub fn from_triton(
                 raw.dynamic_batching = Some(batching);
                 raw.queue = Some(queue);
             }
+            "ensemble_scheduling" => {
+                let m = value
+                    .as_message()
+                    .ok_or("config.pbtxt: ensemble_scheduling must be a message")?;
+                let mut steps = Vec::new();
+                for step in m.all("step") {
+                    steps.push(ensemble_step(step, &mut warnings)?);
+                }
+                raw.ensemble_steps = Some(steps);
+            }
             other => warnings.push(format!("{other} is not supported and has no effect")),
         }
     }
@@ -258,4 +269,47 @@ pub fn from_triton(
     }
     let config = raw.validate(defaults)?;
     Ok((config, warnings))
+}
+
+/// One `ensemble_scheduling.step`: model, version, and its maps.
+fn ensemble_step(
+    value: &crate::config::pbtxt::Value,
+    warnings: &mut Vec<String>,
+) -> Result<crate::config::pipeline::EnsembleStep, String> {
+    let m = value
+        .as_message()
+        .ok_or("config.pbtxt: ensemble_scheduling.step must be a message")?;
+    let mut step = crate::config::pipeline::EnsembleStep {
+        model_version: -1,
+        ..Default::default()
+    };
+    // A map entry is `{ key: "..." value: "..." }`.
+    let entry = |v: &crate::config::pbtxt::Value, field: &str| -> Result<(String, String), String> {
+        let e = v
+            .as_message()
+            .ok_or_else(|| format!("config.pbtxt: ensemble step `{field}` must be a map"))?;
+        let text = |name: &str| {
+            e.first(name)
+                .and_then(|v| v.as_text())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("config.pbtxt: an ensemble step's `{field}` entry needs `{name}`"))
+        };
+        Ok((text("key")?, text("value")?))
+    };
+    for (field, v) in &m.fields {
+        match field.as_str() {
+            "model_name" => step.model_name = v.as_text().unwrap_or_default().to_owned(),
+            "model_version" => {
+                step.model_version = v.as_i64().ok_or(
+                    "config.pbtxt: ensemble step model_version must be an integer (-1 = latest)",
+                )?
+            }
+            "input_map" => step.input_map.push(entry(v, "input_map")?),
+            "output_map" => step.output_map.push(entry(v, "output_map")?),
+            other => warnings.push(format!(
+                "ensemble_scheduling.step.{other} is not supported and has no effect"
+            )),
+        }
+    }
+    Ok(step)
 }

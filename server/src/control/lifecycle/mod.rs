@@ -461,7 +461,7 @@ impl Lifecycle {
         config: &ModelConfig,
     ) -> Result<Arc<ModelVersion>, String> {
         let started = Instant::now();
-        let dir: PathBuf = if config.platform == crate::config::model::Platform::Remote {
+        let dir: PathBuf = if config.platform.has_no_files() {
             PathBuf::new()
         } else {
             self.sources[source_index]
@@ -512,13 +512,13 @@ struct ModelPass<'a> {
     now: Instant,
 }
 
-/// The versions a listing offers. A remote model has no files: one version,
-/// identified by its config.
+/// The versions a listing offers. A remote model or a pipeline has no files:
+/// one version, identified by its config.
 fn listed_versions<'a>(
     config: &ModelConfig,
     listing: &'a ModelListing,
 ) -> std::borrow::Cow<'a, BTreeMap<u64, VersionListing>> {
-    if config.platform == crate::config::model::Platform::Remote {
+    if config.platform.has_no_files() {
         let text = listing
             .config
             .as_ref()

@@ -43,8 +43,8 @@ pub fn model_file_name(platform: Platform) -> &'static str {
     match platform {
         Platform::Onnx => "model.onnx",
         Platform::Torch => "model.pt",
-        // Nothing on disk: the model lives on its upstreams.
-        Platform::Remote => "",
+        // Nothing on disk: the model lives on its upstreams, or in its steps.
+        Platform::Remote | Platform::Pipeline | Platform::Ensemble => "",
     }
 }
 
@@ -149,13 +149,21 @@ fn read_labels(
     Ok(labels)
 }
 
+/// What runs a version's requests.
+enum Engine {
+    /// Its own runtimes, behind its queue and batcher.
+    Batcher(BatcherHandle),
+    /// Steps of other models (`serve::pipeline` runs them through their batchers).
+    Pipeline(Arc<crate::serve::pipeline::Pipeline>),
+}
+
 /// A served model version. Cheap to share (`Arc`); the runtime lives on its workers.
 pub struct ModelVersion {
     pub name: String,
     pub version: u64,
     pub config: ModelConfig,
     pub signature: Signature,
-    batcher: BatcherHandle,
+    engine: Engine,
     /// For runtimes that can become unreachable (remote upstreams).
     health: Option<Arc<dyn switchyard_runtimes::Health>>,
     breaker: Arc<Breaker>,
@@ -185,6 +193,9 @@ impl ModelVersion {
         config: &ModelConfig,
         metrics: &Metrics,
     ) -> Result<Arc<Self>, String> {
+        if let Some(spec) = &config.pipeline {
+            return Ok(Self::composed(name, version, config, spec, metrics));
+        }
         let started = Instant::now();
         let mut runtimes = load_runtimes(name, version_dir, config)?;
         let health = runtimes.first().and_then(|rt| rt.health());
@@ -226,12 +237,52 @@ impl ModelVersion {
             version,
             config: config.clone(),
             signature,
-            batcher,
+            engine: Engine::Batcher(batcher),
             health: runtime_health,
             breaker,
             forwards_requests,
             labels,
         }))
+    }
+
+    /// A pipeline or ensemble: its declared signature, no runtime of its own.
+    fn composed(
+        name: &str,
+        version: u64,
+        config: &ModelConfig,
+        spec: &Arc<crate::config::pipeline::PipelineSpec>,
+        metrics: &Metrics,
+    ) -> Arc<Self> {
+        let pipeline = crate::serve::pipeline::Pipeline::new(name, spec.clone(), config, metrics);
+        info!(
+            model = name,
+            version,
+            steps = spec.steps.len(),
+            platform = config.platform.as_str(),
+            "Pipeline loaded; its steps are checked against the catalog."
+        );
+        Arc::new(ModelVersion {
+            name: name.to_owned(),
+            version,
+            config: config.clone(),
+            signature: config.signature_declared(),
+            engine: Engine::Pipeline(Arc::new(pipeline)),
+            health: None,
+            breaker: Arc::new(Breaker::new(
+                config.unhealthy_after_failures,
+                config.unhealthy_cooldown,
+            )),
+            forwards_requests: false,
+            labels: std::collections::BTreeMap::new(),
+        })
+    }
+
+    /// The pipeline this version runs, if it is one.
+    pub fn pipeline(&self) -> Option<&Arc<crate::serve::pipeline::Pipeline>> {
+        match &self.engine {
+            Engine::Pipeline(pipeline) => Some(pipeline),
+            Engine::Batcher(_) => None,
+        }
     }
 
     /// Starts the batcher and one worker thread per runtime instance.
@@ -269,7 +320,17 @@ impl ModelVersion {
         timeout: Option<Duration>,
         context: Option<Arc<switchyard_runtimes::RequestContext>>,
     ) -> Result<Vec<Tensor>, ApiError> {
-        self.batcher
+        let batcher = match &self.engine {
+            Engine::Batcher(batcher) => batcher,
+            // Requests reach pipelines through `serve::infer`, which holds the catalog.
+            Engine::Pipeline(_) => {
+                return Err(ApiError::invalid(format!(
+                    "`{}` is a pipeline: it runs as a request of its own, not as a shadow or a step of another pipeline",
+                    self.name
+                )));
+            }
+        };
+        batcher
             .submit(Submission {
                 inputs,
                 priority,
@@ -293,6 +354,9 @@ impl ModelVersion {
     /// Why the version cannot serve right now, if it cannot (a remote upstream
     /// is down, or its batches keep failing).
     pub fn unhealthy(&self) -> Option<String> {
+        if let Engine::Pipeline(pipeline) = &self.engine {
+            return pipeline.problem();
+        }
         self.health
             .as_ref()
             .filter(|h| !h.is_healthy())
@@ -302,11 +366,17 @@ impl ModelVersion {
 
     /// Triton-shaped statistics of this version.
     pub fn stats(&self) -> &crate::metrics::VersionStats {
-        self.batcher.stats()
+        match &self.engine {
+            Engine::Batcher(batcher) => batcher.stats(),
+            Engine::Pipeline(pipeline) => pipeline.stats(),
+        }
     }
 
-    /// Requests waiting for a worker.
+    /// Requests waiting for a worker (a pipeline's wait in its steps' queues).
     pub fn queue_depth(&self) -> usize {
-        self.batcher.queue_depth()
+        match &self.engine {
+            Engine::Batcher(batcher) => batcher.queue_depth(),
+            Engine::Pipeline(_) => 0,
+        }
     }
 }
