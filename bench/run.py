@@ -128,6 +128,19 @@ dynamic_batching: {max_queue_delay_us: 500, preferred_batch_sizes: [32, 64, 128]
 """
 
 
+def plain_repository() -> Path:
+    """The bundled mlp without batching (the bundled config batches), in a repository of its own."""
+    repo = CACHE / "repo-plain"
+    version = repo / "mlp" / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    link = version / "model.onnx"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(MODEL)
+    (repo / "mlp" / "config.yaml").unlink(missing_ok=True)
+    return repo
+
+
 def batching_repository() -> Path:
     """The bundled mlp with dynamic batching switched on, in a repository of its own."""
     repo = CACHE / "repo-batching"
@@ -313,7 +326,8 @@ def main() -> int:
     extra = args.switchyard_args.split()
     servers = []
     if args.batching in ("off", "both"):
-        servers.append(("switchyard", lambda: start_switchyard(args.server_core, extra), args.protocols))
+        servers.append(("switchyard", lambda: start_switchyard(args.server_core, extra, plain_repository()),
+                        args.protocols))
     if args.batching in ("on", "both"):
         servers.append(("switchyard+batching",
                         lambda: start_switchyard(args.server_core, extra, batching_repository(), "switchyard+batching"),
@@ -340,7 +354,7 @@ def main() -> int:
     floor: list[Row] = []
     if args.floor:
         print("== floor (health endpoints)", file=sys.stderr)
-        server = start_switchyard(args.server_core, extra)
+        server = start_switchyard(args.server_core, extra, plain_repository())
         try:
             for protocol in ("http-live", "grpc-live"):
                 for concurrency in concurrencies:

@@ -69,6 +69,14 @@ impl Adaptive {
         }
     }
 
+    /// Fresh, recording compute times into `compute` (shared with the request side).
+    pub(super) fn with_compute(compute: ComputeTable) -> Self {
+        Adaptive {
+            compute,
+            ..Adaptive::default()
+        }
+    }
+
     /// Without estimates yet (no arrivals or compute seen), the fixed delay applies.
     #[cfg(test)]
     pub(super) fn seeded(rate: f64, table: Vec<(usize, f64)>) -> Self {

@@ -31,6 +31,34 @@ pub struct Batch {
     pub(super) _slot: SlotGuard,
 }
 
+impl Batch {
+    /// A batch of one request that skipped the queue (an idle instance, an
+    /// empty queue); `slot` is already counted busy. `inputs` are in the
+    /// order batches carry them.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn single(
+        inputs: Vec<Tensor>,
+        rows: usize,
+        reply: oneshot::Sender<Reply>,
+        compute: ComputeTable,
+        context: Option<Arc<switchyard_runtimes::RequestContext>>,
+        deadline: tokio::time::Instant,
+        slot: SlotGuard,
+    ) -> Self {
+        let lengths = vec![0; inputs.len()];
+        Batch {
+            blocks: inputs.into_iter().map(|t| vec![t]).collect(),
+            requests: vec![(rows, lengths, reply)],
+            cut: Vec::new(),
+            compute,
+            spans: vec![tracing::Span::current()],
+            context,
+            deadline: Some(deadline.into_std()),
+            _slot: slot,
+        }
+    }
+}
+
 /// Measured compute seconds per batch size, shared by the workers and the adaptive rule.
 pub type ComputeTable = Arc<std::sync::Mutex<Vec<(usize, f64)>>>;
 
@@ -143,15 +171,40 @@ impl Drop for Batch {
     }
 }
 
+/// The worker slots of a version: how many batches are out (running or
+/// handed off), and the batcher's wake-up when one comes back.
+pub(super) struct Slots {
+    pub(super) busy: AtomicUsize,
+    pub(super) freed: Notify,
+    /// Requests admitted per priority level and not yet in a batch.
+    pub(super) queued: Arc<Vec<AtomicUsize>>,
+}
+
+impl Slots {
+    pub(super) fn anything_queued(&self) -> bool {
+        self.queued.iter().any(|n| n.load(Ordering::SeqCst) > 0)
+    }
+
+    /// A slot comes back. The batcher is woken only when requests wait for
+    /// it: with an empty queue a new request wakes it by itself (its message),
+    /// and it reads `busy` afresh then. (SeqCst pairs this load of `queued`
+    /// after the store to `busy` with admission's store to `queued` before
+    /// the batcher's load of `busy`: one of the two always sees the other.)
+    pub(super) fn release(&self) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+        if self.anything_queued() {
+            self.freed.notify_one();
+        }
+    }
+}
+
 /// Keeps a worker slot counted as busy until the batch is gone.
 pub(super) struct SlotGuard {
-    pub(super) busy: Arc<AtomicUsize>,
-    pub(super) freed: Arc<Notify>,
+    pub(super) slots: Arc<Slots>,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.busy.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_one();
+        self.slots.release();
     }
 }

@@ -17,6 +17,13 @@
 //!   while every instance is busy ("natural" batching);
 //! * the model is shutting down (drain what is queued).
 //!
+//! The idle fast path: when nothing is queued and an instance is idle, and a
+//! lone request would go at once anyway (no batching, or `dispatch_when_idle`
+//! without an adaptive delay), the request side hands it to the workers'
+//! channel itself, as a batch of one. The waiting worker is the only thread
+//! woken; the batcher task never sees it. A returning slot wakes the batcher
+//! only when requests are queued (`Slots::release`).
+//!
 //! Requests merge only when every input has the same non-batch dimensions,
 //! except along dims the config pads. A request is never split.
 //! Deadlines are driven by a timer: a queued request whose deadline passes is
@@ -45,6 +52,7 @@ use crate::config::model::{BatchingConfig, ModelConfig, QueuePolicy, TimeoutActi
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::{ModelMetrics, Rejection};
 pub use batch::{Batch, ComputeTable};
+use batch::{SlotGuard, Slots};
 use queue::Batcher;
 
 pub type Reply = Result<Vec<Tensor>, ApiError>;
@@ -164,6 +172,40 @@ pub struct BatcherHandle {
     sender: mpsc::Sender<Pending>,
     queued: Arc<Vec<AtomicUsize>>,
     metrics: ModelMetrics,
+    /// Hands a request straight to an idle instance when nothing is queued
+    /// (`None` where a lone request would wait: no `dispatch_when_idle`, or an
+    /// adaptive delay, which must see every arrival).
+    direct: Option<Direct>,
+}
+
+/// The idle fast path: the workers' channel and slots, shared with the batcher task.
+#[derive(Clone)]
+struct Direct {
+    dispatch: mpsc::Sender<Batch>,
+    slots: Arc<Slots>,
+    compute: ComputeTable,
+}
+
+impl Direct {
+    /// Claims an idle instance and a place in the workers' channel, if the
+    /// queue is empty (so nobody waiting is overtaken).
+    fn claim(&self, instances: usize) -> Option<(mpsc::Permit<'_, Batch>, SlotGuard)> {
+        if self.slots.anything_queued() {
+            return None;
+        }
+        self.slots
+            .busy
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < instances).then_some(n + 1)
+            })
+            .ok()?;
+        let slot = SlotGuard {
+            slots: self.slots.clone(),
+        };
+        // Full: the batcher's prefetched batch is there first (the slot goes back).
+        let permit = self.dispatch.try_reserve().ok()?;
+        Some((permit, slot))
+    }
 }
 
 /// A request for `submit`: its inputs already validated against the model.
@@ -207,45 +249,47 @@ impl BatcherHandle {
         };
 
         let _in_flight = self.metrics.in_flight();
-        // Admission: claim a place in the level or refuse at once.
-        let counter = &self.queued[level];
-        if counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < queue.capacity).then_some(n + 1)
-            })
-            .is_err()
-        {
-            self.metrics.rejected(Rejection::QueueFull);
-            self.metrics.stats.answered(rows, false, now.elapsed());
-            return Err(ApiError::new(
-                ErrorKind::Overloaded,
-                format!(
-                    "model `{}` version {} is overloaded: its priority-{priority} queue of {} requests is full; retry later",
-                    settings.model, settings.version, queue.capacity
-                ),
-            ));
-        }
         let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            inputs: submission.inputs,
-            rows,
-            key,
-            level,
-            enqueued: now,
-            deadline,
-            bounded_by_server,
-            reply,
-            span: tracing::Span::current(),
-            _queued: tracing::info_span!("queue", priority),
-        };
-        if self.sender.try_send(pending).is_err() {
-            counter.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::unavailable(format!(
-                "model `{}` version {} is shutting down",
-                settings.model, settings.version
-            )));
+        let direct = self
+            .direct
+            .as_ref()
+            .and_then(|d| Some((d, d.claim(settings.instances)?)))
+            .and_then(|(d, claimed)| {
+                // In the order batches carry inputs (all present: validated).
+                let ordered = settings
+                    .input_names
+                    .iter()
+                    .map(|name| submission.inputs.iter().find(|t| t.name() == name).cloned())
+                    .collect::<Option<Vec<Tensor>>>()?;
+                Some((d, claimed, ordered))
+            });
+        match direct {
+            Some((direct, (permit, slot), inputs)) => {
+                // One wake-up: the waiting worker takes it; the batcher task never sees it.
+                // Its wait in the queue is nil, but traces show it like every other.
+                drop(tracing::info_span!("queue", priority));
+                self.metrics.observe_queue_time(Duration::ZERO);
+                self.metrics.observe_batch(rows);
+                permit.send(Batch::single(
+                    inputs,
+                    rows,
+                    reply,
+                    direct.compute.clone(),
+                    key.context,
+                    deadline,
+                    slot,
+                ));
+            }
+            None => self.enqueue(
+                submission.inputs,
+                rows,
+                key,
+                (level, priority),
+                now,
+                (deadline, bounded_by_server),
+                reply,
+            )?,
         }
-        self.metrics.queue_depth_add(1);
         let answer = async {
             answer.await.unwrap_or_else(|_| {
                 Err(ApiError::internal(format!(
@@ -263,6 +307,61 @@ impl BatcherHandle {
             .stats
             .answered(rows, reply.is_ok(), now.elapsed());
         reply
+    }
+
+    /// Admits a request to its priority level's queue (or refuses it at once)
+    /// and hands it to the batcher task.
+    fn enqueue(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+        key: MergeKey,
+        (level, priority): (usize, u32),
+        now: Instant,
+        (deadline, bounded_by_server): (Instant, bool),
+        reply: oneshot::Sender<Reply>,
+    ) -> Result<(), ApiError> {
+        let settings = &self.settings;
+        let queue = &settings.queue;
+        // Admission: claim a place in the level or refuse at once.
+        let counter = &self.queued[level];
+        if counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < queue.capacity).then_some(n + 1)
+            })
+            .is_err()
+        {
+            self.metrics.rejected(Rejection::QueueFull);
+            self.metrics.stats.answered(rows, false, now.elapsed());
+            return Err(ApiError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "model `{}` version {} is overloaded: its priority-{priority} queue of {} requests is full; retry later",
+                    settings.model, settings.version, queue.capacity
+                ),
+            ));
+        }
+        let pending = Pending {
+            inputs,
+            rows,
+            key,
+            level,
+            enqueued: now,
+            deadline,
+            bounded_by_server,
+            reply,
+            span: tracing::Span::current(),
+            _queued: tracing::info_span!("queue", priority),
+        };
+        if self.sender.try_send(pending).is_err() {
+            counter.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::unavailable(format!(
+                "model `{}` version {} is shutting down",
+                settings.model, settings.version
+            )));
+        }
+        self.metrics.queue_depth_add(1);
+        Ok(())
     }
 
     /// Counts a request whose deadline passed and says why.
@@ -341,7 +440,24 @@ pub fn spawn(
     let (dispatch, batches) = mpsc::channel(1);
     let queued: Arc<Vec<AtomicUsize>> =
         Arc::new((0..levels).map(|_| AtomicUsize::new(0)).collect());
-    let state = Batcher::new(settings.clone(), queued.clone(), metrics.clone());
+    let slots = Arc::new(Slots {
+        busy: AtomicUsize::new(0),
+        freed: tokio::sync::Notify::new(),
+        queued: queued.clone(),
+    });
+    let compute = ComputeTable::default();
+    // Only where an idle instance would take a lone request at once anyway:
+    // a delay that waits for company, or picks itself from every arrival, needs the queue.
+    let takes_lone_requests = settings
+        .batching
+        .as_ref()
+        .is_none_or(|b| b.dispatch_when_idle && b.adaptive_latency_budget.is_none());
+    let direct = takes_lone_requests.then(|| Direct {
+        dispatch: dispatch.clone(),
+        slots: slots.clone(),
+        compute: compute.clone(),
+    });
+    let state = Batcher::new(settings.clone(), slots, compute, metrics.clone());
     // Not tracked: the task ends by itself once every handle is dropped and the queue is drained.
     tokio::spawn(state.run(receiver, dispatch));
     (
@@ -350,6 +466,7 @@ pub fn spawn(
             sender,
             queued,
             metrics,
+            direct,
         },
         batches,
     )

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchyard_runtimes::Tensor;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::adaptive::Adaptive;
-use super::batch::{Batch, SlotGuard};
+use super::batch::{Batch, SlotGuard, Slots};
 use super::padding::resize_dim;
 use super::{BatcherSettings, Pending, Reply, expiry_error, expiry_reason};
 use crate::error::ApiError;
@@ -29,8 +29,7 @@ pub(super) struct Batcher {
     rows_waiting: usize,
     requests_waiting: usize,
     queued: Arc<Vec<AtomicUsize>>,
-    busy: Arc<AtomicUsize>,
-    freed: Arc<Notify>,
+    slots: Arc<Slots>,
     next_deadline: Option<Instant>,
     adaptive: Adaptive,
     metrics: ModelMetrics,
@@ -39,7 +38,8 @@ pub(super) struct Batcher {
 impl Batcher {
     pub(super) fn new(
         settings: Arc<BatcherSettings>,
-        queued: Arc<Vec<AtomicUsize>>,
+        slots: Arc<Slots>,
+        compute: super::batch::ComputeTable,
         metrics: ModelMetrics,
     ) -> Self {
         let levels = settings.queue.priority_levels as usize;
@@ -48,11 +48,10 @@ impl Batcher {
             levels: (0..levels).map(|_| VecDeque::new()).collect(),
             rows_waiting: 0,
             requests_waiting: 0,
-            queued,
-            busy: Arc::new(AtomicUsize::new(0)),
-            freed: Arc::new(Notify::new()),
+            queued: slots.queued.clone(),
+            slots,
             next_deadline: None,
-            adaptive: Adaptive::default(),
+            adaptive: Adaptive::with_compute(compute),
             metrics,
         }
     }
@@ -97,7 +96,7 @@ impl Batcher {
                     Some(pending) => self.push(pending),
                     None => closing = true,
                 },
-                _ = self.freed.notified() => {}
+                _ = self.slots.freed.notified() => {}
                 _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
             }
         }
@@ -185,7 +184,7 @@ impl Batcher {
         let Some(batching) = &self.settings.batching else {
             return (true, None);
         };
-        let idle = self.busy.load(Ordering::Acquire) < self.settings.instances;
+        let idle = self.slots.busy.load(Ordering::SeqCst) < self.settings.instances;
         if closing
             || self.rows_waiting >= self.settings.max_batch_size
             || (batching.dispatch_when_idle && idle)
@@ -369,7 +368,7 @@ impl Batcher {
         if let Err(err) = result {
             return Err((err, requests.into_iter().map(|(_, _, r)| r).collect()));
         }
-        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.slots.busy.fetch_add(1, Ordering::SeqCst);
         Ok(Batch {
             blocks,
             requests,
@@ -379,8 +378,7 @@ impl Batcher {
             context,
             deadline: deadline.map(tokio::time::Instant::into_std),
             _slot: SlotGuard {
-                busy: self.busy.clone(),
-                freed: self.freed.clone(),
+                slots: self.slots.clone(),
             },
         })
     }

@@ -510,3 +510,32 @@ fn adaptive_delay_waits_only_when_it_pays() {
         Duration::from_micros(100)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_request_skips_the_queue_only_when_nothing_waits() {
+    let (handle, mut batches) = start(settings(None, queue(64, 1), 1));
+    // Idle and nothing queued: straight to the instance.
+    let _a = submit(&handle, rows(1, 1, 0.0), None, None);
+    let a = batches.recv().await.unwrap();
+    assert_eq!(handle.queue_depth(), 0);
+    // Busy: the next one is prefetched by the batcher, the one after waits...
+    let _b = submit(&handle, rows(1, 1, 1.0), None, None);
+    settle().await;
+    let _c = submit(&handle, rows(1, 1, 2.0), None, None);
+    settle().await;
+    assert_eq!(handle.queue_depth(), 1, "c waits in the queue");
+    // ...and nothing overtakes it once the instance frees.
+    echo(a);
+    for tag in [1.0, 2.0] {
+        let batch = batches.recv().await.unwrap();
+        assert_eq!(tags(&batch), vec![tag]);
+        echo(batch);
+    }
+    settle().await;
+    let d = submit(&handle, rows(1, 1, 3.0), None, None);
+    let batch = batches.recv().await.unwrap();
+    assert_eq!(tags(&batch), vec![3.0]);
+    echo(batch);
+    assert!(d.await.unwrap().is_ok());
+    assert_eq!(handle.queue_depth(), 0);
+}
