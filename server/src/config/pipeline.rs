@@ -557,21 +557,30 @@ mod tests {
             outputs(&[("out", "a.y")]),
         )
         .unwrap_err();
-        assert!(err.contains("cycle") && err.contains("`a`") && err.contains("`b`"), "{err}");
+        assert!(
+            err.contains("cycle") && err.contains("`a`") && err.contains("`b`"),
+            "{err}"
+        );
         let err = from_yaml(
             vec![step("a", "m", &[("x", "missing")])],
             &["raw".to_owned()],
             outputs(&[("out", "a.y")]),
         )
         .unwrap_err();
-        assert!(err.contains("step `a` input `x`") && err.contains("never produced"), "{err}");
+        assert!(
+            err.contains("step `a` input `x`") && err.contains("never produced"),
+            "{err}"
+        );
         let err = from_yaml(
             vec![step("a", "m", &[("x", "raw")])],
             &["raw".to_owned()],
             outputs(&[("out", "nobody.y")]),
         )
         .unwrap_err();
-        assert!(err.contains("output `out`") && err.contains("`nobody.y`"), "{err}");
+        assert!(
+            err.contains("output `out`") && err.contains("`nobody.y`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -603,7 +612,10 @@ mod tests {
                 version: Some(2)
             }
         );
-        assert_eq!(spec.describe(&spec.outputs[0].from[0]), "post.probabilities");
+        assert_eq!(
+            spec.describe(&spec.outputs[0].from[0]),
+            "post.probabilities"
+        );
         let err = from_ensemble(
             vec![EnsembleStep {
                 model_name: "mlp".into(),
@@ -615,6 +627,9 @@ mod tests {
             &["OUT".to_owned()],
         )
         .unwrap_err();
-        assert!(err.contains("step `mlp`") && err.contains("`NOPE`") && err.contains("never produced"), "{err}");
+        assert!(
+            err.contains("step `mlp`") && err.contains("`NOPE`") && err.contains("never produced"),
+            "{err}"
+        );
     }
 }

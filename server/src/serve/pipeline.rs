@@ -40,7 +40,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(name: &str, spec: Arc<PipelineSpec>, config: &ModelConfig, metrics: &Metrics) -> Self {
+    pub fn new(
+        name: &str,
+        spec: Arc<PipelineSpec>,
+        config: &ModelConfig,
+        metrics: &Metrics,
+    ) -> Self {
         let step_metrics = spec
             .steps
             .iter()
@@ -66,7 +71,10 @@ impl Pipeline {
 
     /// Why the pipeline cannot serve now, if it cannot.
     pub fn problem(&self) -> Option<String> {
-        self.problem.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set_problem(&self, problem: Option<String>) {
@@ -117,9 +125,7 @@ fn step_signatures(
     match target {
         StepTarget::Model { name, version } => {
             if name == pipeline {
-                return Err(format!(
-                    "step `{step}`: the pipeline names itself, a cycle"
-                ));
+                return Err(format!("step `{step}`: the pipeline names itself, a cycle"));
             }
             if !catalog.models.contains_key(name) && !catalog.known_models.contains(name) {
                 let known: Vec<&str> = catalog.models.keys().map(String::as_str).collect();
@@ -135,8 +141,12 @@ fn step_signatures(
         }
         StepTarget::Endpoint(name) => {
             let endpoint = catalog.routes.endpoints.get(name).ok_or_else(|| {
-                let known: Vec<&str> =
-                    catalog.routes.endpoints.keys().map(String::as_str).collect();
+                let known: Vec<&str> = catalog
+                    .routes
+                    .endpoints
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
                 format!("step `{step}`: unknown endpoint `{name}`; endpoints: {known:?}")
             })?;
             let reachable: Vec<Arc<ModelVersion>> = endpoint
@@ -161,7 +171,12 @@ fn step_signatures(
 fn check(catalog: &Catalog, pipeline: &ModelVersion, spec: &PipelineSpec) -> Result<(), String> {
     let mut versions: Vec<Vec<Arc<ModelVersion>>> = Vec::with_capacity(spec.steps.len());
     for step in &spec.steps {
-        versions.push(step_signatures(catalog, &pipeline.name, &step.name, &step.target)?);
+        versions.push(step_signatures(
+            catalog,
+            &pipeline.name,
+            &step.name,
+            &step.target,
+        )?);
     }
     // The spec of a tensor a step or output consumes: every version must produce it.
     let produced = |tensor: &TensorRef, consumer: &str| -> Result<Vec<TensorSpec>, String> {
@@ -224,11 +239,21 @@ fn check(catalog: &Catalog, pipeline: &ModelVersion, spec: &PipelineSpec) -> Res
             for (input, tensor) in &step.inputs {
                 let consumer = format!("step `{}` input `{input}`", step.name);
                 let wanted = version.signature.input(input).ok_or_else(|| {
-                    let inputs: Vec<&str> =
-                        version.signature.inputs.iter().map(|s| s.name.as_str()).collect();
+                    let inputs: Vec<&str> = version
+                        .signature
+                        .inputs
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect();
                     format!("{consumer}: {model} has no input `{input}`; its inputs are {inputs:?}")
                 })?;
-                fits(&consumer, wanted, &model, tensor, &produced(tensor, &consumer)?)?;
+                fits(
+                    &consumer,
+                    wanted,
+                    &model,
+                    tensor,
+                    &produced(tensor, &consumer)?,
+                )?;
             }
             if let Some(missing) = version
                 .signature
@@ -255,7 +280,13 @@ fn check(catalog: &Catalog, pipeline: &ModelVersion, spec: &PipelineSpec) -> Res
             .output(&output.name)
             .ok_or_else(|| format!("{consumer} is not declared"))?;
         for tensor in &output.from {
-            fits(&consumer, wanted, "the pipeline's outputs", tensor, &produced(tensor, &consumer)?)?;
+            fits(
+                &consumer,
+                wanted,
+                "the pipeline's outputs",
+                tensor,
+                &produced(tensor, &consumer)?,
+            )?;
         }
     }
     Ok(())
@@ -289,7 +320,9 @@ pub async fn run(
         1
     };
     let result = run_steps(serving, catalog, model, pipeline, request).await;
-    pipeline.stats.answered(rows, result.is_ok(), started.elapsed());
+    pipeline
+        .stats
+        .answered(rows, result.is_ok(), started.elapsed());
     if result.is_ok() {
         pipeline.stats.executed(rows, 1, started.elapsed());
     }
@@ -555,7 +588,11 @@ fn holds(value: &Value<'_>, test: &Test) -> Result<bool, String> {
             };
             let literal_number = |literal: &Literal| {
                 literal.as_f64().ok_or_else(|| {
-                    format!("`{}` is {}: compare it with a number or a boolean", tensor.name(), tensor.datatype())
+                    format!(
+                        "`{}` is {}: compare it with a number or a boolean",
+                        tensor.name(),
+                        tensor.datatype()
+                    )
                 })
             };
             Ok(match test {
@@ -583,16 +620,46 @@ mod tests {
         let int = Parameter::Int(3);
         let text = Parameter::Text("fast".into());
         let yes = Parameter::Bool(true);
-        assert!(holds(&Value::Parameter(Some(&int)), &Test::Equals(Literal::Float(3.0))).unwrap());
+        assert!(
+            holds(
+                &Value::Parameter(Some(&int)),
+                &Test::Equals(Literal::Float(3.0))
+            )
+            .unwrap()
+        );
         assert!(holds(&Value::Parameter(Some(&int)), &Test::GreaterThan(2.5)).unwrap());
         assert!(!holds(&Value::Parameter(Some(&int)), &Test::LessThan(2.5)).unwrap());
-        assert!(holds(&Value::Parameter(Some(&text)), &Test::Equals(Literal::Text("fast".into()))).unwrap());
+        assert!(
+            holds(
+                &Value::Parameter(Some(&text)),
+                &Test::Equals(Literal::Text("fast".into()))
+            )
+            .unwrap()
+        );
         assert!(holds(&Value::Parameter(Some(&text)), &Test::GreaterThan(1.0)).is_err());
-        assert!(holds(&Value::Parameter(Some(&yes)), &Test::Equals(Literal::Bool(true))).unwrap());
-        assert!(!holds(&Value::Parameter(Some(&yes)), &Test::Equals(Literal::Int(1))).unwrap());
+        assert!(
+            holds(
+                &Value::Parameter(Some(&yes)),
+                &Test::Equals(Literal::Bool(true))
+            )
+            .unwrap()
+        );
+        assert!(
+            !holds(
+                &Value::Parameter(Some(&yes)),
+                &Test::Equals(Literal::Int(1))
+            )
+            .unwrap()
+        );
         // Missing: equals nothing.
         assert!(!holds(&Value::Parameter(None), &Test::Equals(Literal::Bool(true))).unwrap());
-        assert!(holds(&Value::Parameter(None), &Test::NotEquals(Literal::Bool(true))).unwrap());
+        assert!(
+            holds(
+                &Value::Parameter(None),
+                &Test::NotEquals(Literal::Bool(true))
+            )
+            .unwrap()
+        );
     }
 
     #[test]
@@ -600,7 +667,13 @@ mod tests {
         let t = Tensor::from_slice("x", DataType::Fp32, vec![3], &[0.5f32, 0.7, 0.9]).unwrap();
         assert!(holds(&Value::Tensor(&t), &Test::GreaterThan(0.4)).unwrap());
         assert!(!holds(&Value::Tensor(&t), &Test::GreaterThan(0.6)).unwrap());
-        let b = Tensor::new("b", DataType::Bool, vec![2], bytes::Bytes::from_static(&[1, 1])).unwrap();
+        let b = Tensor::new(
+            "b",
+            DataType::Bool,
+            vec![2],
+            bytes::Bytes::from_static(&[1, 1]),
+        )
+        .unwrap();
         assert!(holds(&Value::Tensor(&b), &Test::Equals(Literal::Bool(true))).unwrap());
         assert!(!holds(&Value::Tensor(&b), &Test::Equals(Literal::Bool(false))).unwrap());
     }

@@ -320,7 +320,10 @@ steps:
     assert_eq!(spec.steps.len(), 2);
     assert_eq!(spec.outputs[0].from.len(), 2);
     for (extra, field) in [
-        ("dynamic_batching: {max_queue_delay_us: 10}\n", "dynamic_batching"),
+        (
+            "dynamic_batching: {max_queue_delay_us: 10}\n",
+            "dynamic_batching",
+        ),
         ("instance_count: 2\n", "instance_count"),
     ] {
         let err = ModelConfig::parse(&format!("{text}{extra}"), &defaults()).unwrap_err();

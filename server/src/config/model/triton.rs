@@ -284,18 +284,21 @@ fn ensemble_step(
         ..Default::default()
     };
     // A map entry is `{ key: "..." value: "..." }`.
-    let entry = |v: &crate::config::pbtxt::Value, field: &str| -> Result<(String, String), String> {
-        let e = v
-            .as_message()
-            .ok_or_else(|| format!("config.pbtxt: ensemble step `{field}` must be a map"))?;
-        let text = |name: &str| {
-            e.first(name)
-                .and_then(|v| v.as_text())
-                .map(str::to_owned)
-                .ok_or_else(|| format!("config.pbtxt: an ensemble step's `{field}` entry needs `{name}`"))
+    let entry =
+        |v: &crate::config::pbtxt::Value, field: &str| -> Result<(String, String), String> {
+            let e = v
+                .as_message()
+                .ok_or_else(|| format!("config.pbtxt: ensemble step `{field}` must be a map"))?;
+            let text = |name: &str| {
+                e.first(name)
+                    .and_then(|v| v.as_text())
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        format!("config.pbtxt: an ensemble step's `{field}` entry needs `{name}`")
+                    })
+            };
+            Ok((text("key")?, text("value")?))
         };
-        Ok((text("key")?, text("value")?))
-    };
     for (field, v) in &m.fields {
         match field.as_str() {
             "model_name" => step.model_name = v.as_text().unwrap_or_default().to_owned(),

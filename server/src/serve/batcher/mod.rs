@@ -281,13 +281,19 @@ impl BatcherHandle {
                 ));
             }
             None => self.enqueue(
-                submission.inputs,
-                rows,
-                key,
-                (level, priority),
-                now,
-                (deadline, bounded_by_server),
-                reply,
+                Pending {
+                    inputs: submission.inputs,
+                    rows,
+                    key,
+                    level,
+                    enqueued: now,
+                    deadline,
+                    bounded_by_server,
+                    reply,
+                    span: tracing::Span::current(),
+                    _queued: tracing::info_span!("queue", priority),
+                },
+                priority,
             )?,
         }
         let answer = async {
@@ -311,20 +317,11 @@ impl BatcherHandle {
 
     /// Admits a request to its priority level's queue (or refuses it at once)
     /// and hands it to the batcher task.
-    fn enqueue(
-        &self,
-        inputs: Vec<Tensor>,
-        rows: usize,
-        key: MergeKey,
-        (level, priority): (usize, u32),
-        now: Instant,
-        (deadline, bounded_by_server): (Instant, bool),
-        reply: oneshot::Sender<Reply>,
-    ) -> Result<(), ApiError> {
+    fn enqueue(&self, pending: Pending, priority: u32) -> Result<(), ApiError> {
         let settings = &self.settings;
         let queue = &settings.queue;
         // Admission: claim a place in the level or refuse at once.
-        let counter = &self.queued[level];
+        let counter = &self.queued[pending.level];
         if counter
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < queue.capacity).then_some(n + 1)
@@ -332,7 +329,9 @@ impl BatcherHandle {
             .is_err()
         {
             self.metrics.rejected(Rejection::QueueFull);
-            self.metrics.stats.answered(rows, false, now.elapsed());
+            self.metrics
+                .stats
+                .answered(pending.rows, false, pending.enqueued.elapsed());
             return Err(ApiError::new(
                 ErrorKind::Overloaded,
                 format!(
@@ -341,18 +340,6 @@ impl BatcherHandle {
                 ),
             ));
         }
-        let pending = Pending {
-            inputs,
-            rows,
-            key,
-            level,
-            enqueued: now,
-            deadline,
-            bounded_by_server,
-            reply,
-            span: tracing::Span::current(),
-            _queued: tracing::info_span!("queue", priority),
-        };
         if self.sender.try_send(pending).is_err() {
             counter.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::unavailable(format!(
