@@ -4,11 +4,13 @@
 //! Sticky keys use weighted rendezvous hashing: each (key, variant) pair gets
 //! a score `-weight / ln(u)` with `u` from the hash, and the highest wins. A
 //! key stays on its variant while weights are unchanged, and when weights
-//! change only the keys that must move do.
-
-use std::hash::{Hash, Hasher};
+//! change only the keys that must move do. The hash is specified (SHA-256),
+//! not Rust's `DefaultHasher`, whose output may change between releases:
+//! replicas built by different toolchains, and any tool outside, agree.
 
 use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
 
 use crate::config::capture::CapturePolicy;
 use crate::config::routes::{Endpoint, StickyKey};
@@ -18,12 +20,18 @@ use crate::serve::infer::{InferRequest, Routed};
 use crate::serve::model::ModelVersion;
 use crate::serve::traffic::{ShadowJob, Traffic};
 
+/// `u` in (0, 1) for a (key, variant) pair: the first 8 bytes of
+/// SHA-256(key ‖ 0x00 ‖ variant), big-endian, top 53 bits, centred in its step.
 fn unit_hash(key: &str, variant: &str) -> f64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    variant.hash(&mut hasher);
+    let digest = Sha256::new()
+        .chain_update(key.as_bytes())
+        .chain_update([0u8])
+        .chain_update(variant.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
     // (0, 1): never 0 (ln 0) nor 1 (score ∞).
-    ((hasher.finish() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    ((u64::from_be_bytes(first) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
 /// Picks a variant: the pinned one, else by sticky key (rendezvous hashing),
@@ -230,6 +238,20 @@ endpoints:
         assert_eq!(moved_back, 0, "no key leaves the variant whose weight grew");
         assert!((0.19..0.21).contains(&moved), "{moved}");
     }
+
+    #[test]
+    fn the_sticky_hash_is_specified_and_never_changes() {
+        // Replicas and tools outside compute the same `u` from the same
+        // digest; changing the hash would move every user.
+        let digest = Sha256::digest(b"user-1\0stable");
+        let top = u64::from_be_bytes(digest[..8].try_into().unwrap());
+        let expected = ((top >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        assert_eq!(unit_hash("user-1", "stable"), expected);
+        assert_eq!(format!("{top:016x}"), PINNED_PREFIX);
+    }
+
+    /// SHA-256("user-1\0stable")'s first 8 bytes.
+    const PINNED_PREFIX: &str = "38c21905d46cf24a";
 
     #[test]
     fn pins_and_readiness() {
