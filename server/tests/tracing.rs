@@ -76,6 +76,16 @@ async fn spans_of_a_traced_request_reach_the_collector() {
         repo.path().join("mlp/1/model.onnx"),
     )
     .unwrap();
+    // A pipeline: two steps of `mlp`, each its own span with the model's under it.
+    std::fs::create_dir_all(repo.path().join("chain")).unwrap();
+    std::fs::write(
+        repo.path().join("chain/config.yaml"),
+        "platform: pipeline\ninputs: [{name: x, datatype: FP32, dims: [1, 256]}]\n\
+         outputs: [{name: y, datatype: FP32, dims: [1, 10], from: second.output}]\n\
+         steps:\n  - {name: first, model: mlp, inputs: {input: x}}\n\
+         \x20 - {name: second, model: mlp, inputs: {input: x}, when: {tensor: first.output, greater_than: -1.0e9}}\n",
+    )
+    .unwrap();
     let (mut child, http, _) = start(repo.path(), addr);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -150,6 +160,40 @@ async fn spans_of_a_traced_request_reach_the_collector() {
         assert!(
             Instant::now() < deadline,
             "upstream spans did not join the trace ({infers} infer spans)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let pipeline_trace = "1af7651916cd43dd8448eb211c80319d";
+    let pipeline_body = serde_json::json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 256], "data": vec![0.5; 256]}]})
+        .to_string();
+    let (status, answer) = http_call(
+        &http,
+        "POST",
+        "/v2/models/chain/infer",
+        &pipeline_body,
+        &format!("traceparent: 00-{pipeline_trace}-b7ad6b7169203332-01\r\n"),
+    );
+    assert!(status.contains("200"), "{status} {answer}");
+    let pipeline = trace_bytes(pipeline_trace);
+    loop {
+        let count = |wanted: &str| {
+            collector
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(id, name)| *id == pipeline && name == wanted)
+                .count()
+        };
+        if count("pipeline_step") >= 2 && count("runtime") >= 2 && count("infer") >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pipeline spans: {} steps, {} runtime",
+            count("pipeline_step"),
+            count("runtime")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -619,3 +619,47 @@ def test_a_step_model_swapped_under_load_removed_and_restored(tmp_path):
         assert index_row(server, "chain")["state"] == "READY"
     finally:
         assert server.stop() == 0
+
+
+# ---------- a remote step (a real MLServer upstream) ----------
+
+def test_an_ensemble_with_a_remote_step_and_its_upstream_going_down(tmp_path):
+    """The Triton ensemble with its `mlp` step served by MLServer through a
+    remote model: the same values, and a clear 503 naming the step when the
+    upstream dies."""
+    from services import start_mlserver
+
+    repo = tmp_path / "repo"
+    shutil.copytree(MODELS / "triton", repo, symlinks=False)
+    shutil.rmtree(repo / "mlp")
+    io = ([{"name": "input", "datatype": "FP32", "shape": [-1, 256]}],
+          [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}])
+    mlserver, _, grpc_port = start_mlserver(tmp_path, MODELS / "mlp" / "1" / "model.onnx", "mlp", *io)
+    server = None
+    try:
+        (repo / "mlp").mkdir()
+        (repo / "mlp" / "config.yaml").write_text(
+            "platform: remote\nmax_batch_size: 128\ndynamic_batching: {max_queue_delay_us: 500}\n"
+            f"remote: {{upstreams: [127.0.0.1:{grpc_port}], probe_interval_ms: 200, connect_timeout_ms: 300}}\n"
+        )
+        server = Server(repository=repo)
+        raw = raw_rows(7, seed=11)
+        got = infer(server, "grpc", "ensemble", {"RAW": raw})
+        want = chain(raw)
+        assert_matches({name: got[ENSEMBLE_NAMES[name]] for name in CHAIN_OUTPUTS}, want)
+        mlserver.stop()
+        body = {"inputs": [{"name": "RAW", "datatype": "FP32", "shape": [7, 256], "data": raw.flatten().tolist()}]}
+        deadline = time.monotonic() + 10
+        while True:
+            response = requests.post(f"http://{server.http}/v2/models/ensemble/infer", json=body, timeout=30)
+            if response.status_code != 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert response.status_code == 503, response.text
+        assert "step `mlp`" in response.json()["error"], response.text
+        # The local steps' models keep serving.
+        assert requests.get(f"http://{server.http}/v2/models/preprocess/ready", timeout=10).status_code == 200
+    finally:
+        if server is not None:
+            assert server.stop() == 0
+        mlserver.stop()
