@@ -13,6 +13,13 @@ use serde::{Deserialize, Serialize};
 /// Header that pins a variant when an endpoint names none of its own.
 pub const DEFAULT_OVERRIDE_HEADER: &str = "x-switchyard-variant";
 
+/// Each bucket of a canary's latency window is this much wider than the
+/// one before (1%): a window's p99 is known to within one bucket.
+pub const LATENCY_BUCKET_GROWTH: f64 = 1.01;
+/// The smallest `max_p99_ratio` the windows can judge: two p99s of identical
+/// traffic may sit a bucket apart each way (1.01² ≈ 1.02), plus a margin.
+pub const MIN_P99_RATIO: f64 = 1.03;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoutes {
@@ -258,6 +265,15 @@ pub fn parse(text: &str, models: &BTreeSet<String>) -> Result<RouteTable, String
                 if !(0.0..=100.0).contains(&c.min_success_rate) {
                     return Err(format!("{owner}: min_success_rate is a percentage"));
                 }
+                if let Some(ratio) = c.max_p99_ratio
+                    && !(ratio >= MIN_P99_RATIO)
+                {
+                    return Err(format!(
+                        "{owner}: max_p99_ratio {ratio} is finer than the latency windows resolve: each p99 is known to within {:.0}%, so identical traffic can differ by up to {:.3}×; use {MIN_P99_RATIO} or more",
+                        (LATENCY_BUCKET_GROWTH - 1.0) * 100.0,
+                        LATENCY_BUCKET_GROWTH * LATENCY_BUCKET_GROWTH
+                    ));
+                }
                 Some(CanaryPolicy {
                     stable: c.stable,
                     canary: c.canary,
@@ -370,6 +386,11 @@ endpoints:
     #[test]
     fn mistakes_are_rejected_with_reasons() {
         let cases = [
+            (
+                "endpoints: {e: {variants: [{name: a, model: fraud, weight: 1}, {name: b, model: fraud-v2, weight: 0}], \
+                 canary: {stable: a, canary: b, steps: [50, 100], interval: 1s, max_p99_ratio: 1.01}}}",
+                "finer than the latency windows resolve",
+            ),
             (
                 "endpoints: {e: {variants: [{name: a, model: nope, weight: 1}]}}",
                 "unknown model `nope`",
