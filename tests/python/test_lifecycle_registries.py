@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import requests
 
@@ -149,3 +150,40 @@ def test_a_signed_mlflow_webhook_swaps_without_waiting_for_the_poll(tmp_path):
             assert server.stop() == 0
     finally:
         mlflow.stop()
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_large_s3_version_streams_to_disk_without_growing_rss(tmp_path):
+    """A 256 MiB object arrives in chunks straight to the cache file: the
+    server's peak RSS grows by far less than the file. (The object is not a
+    valid model, so loading it fails fast: what is measured is the download.)"""
+    moto, endpoint = start_moto()
+    size = 256 << 20
+    try:
+        s3 = s3_bucket(endpoint, "models")
+        s3.put_object(Bucket="models", Key="prod/versioned/1/model.onnx", Body=versioned_bytes(1))
+        s3.put_object(Bucket="models", Key="prod/versioned/config.yaml",
+                      Body=b"version_policy: all\n")
+        server = Server(*POLL, "--model-cache-dir", str(tmp_path / "cache"), repository="s3://models/prod",
+                        env={**AWS, "AWS_ENDPOINT_URL": endpoint})
+        try:
+            assert infer_version(server.http) == (200, "1")
+            before = peak_rss_mib(server.process.pid)
+            s3.put_object(Bucket="models", Key="prod/versioned/2/model.onnx", Body=b"\0" * size)
+            wait_for(lambda: any(r.get("version") == "2" and r["state"] == "UNAVAILABLE" for r in index(server.http)),
+                     60, "the large version fetched and refused")
+            cached = list((tmp_path / "cache" / "s3").glob("*/model.onnx"))
+            assert any(p.stat().st_size == size for p in cached), [p.stat().st_size for p in cached]
+            grown = peak_rss_mib(server.process.pid) - before
+            assert grown < 64, f"peak RSS grew {grown:.0f} MiB while a 256 MiB version downloaded"
+            assert infer_version(server.http) == (200, "1")
+        finally:
+            assert server.stop() == 0
+    finally:
+        moto.stop()

@@ -6,7 +6,8 @@
 //! `last_updated_timestamp`, so the alias list itself is compared each poll).
 //! Artifacts are found with `model-versions/get-download-uri`, the model file
 //! from the `MLmodel` file's `onnx` flavor, and downloaded through the
-//! artifacts proxy (`mlflow-artifacts:`), from a local path, or from S3.
+//! artifacts proxy (`mlflow-artifacts:`), from a local path, or from S3,
+//! streamed to disk (never whole in memory).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    Listing, ModelListing, Source, SourceError, VersionListing, content_key, write_atomically,
+    Listing, ModelListing, Source, SourceError, VersionListing, content_key, stream_atomically,
 };
 use crate::config::names::valid_model_name;
 
@@ -141,36 +142,17 @@ impl MlflowSource {
         serde_json::from_slice(&body).map_err(|e| self.unreachable(format!("{path}: {e}")))
     }
 
-    async fn download(&self, url: &str, what: &str) -> Result<bytes::Bytes, SourceError> {
-        let fail = |reason: String| SourceError::Fetch {
+    fn artifact_error(&self, what: String) -> impl Fn(String) -> SourceError + '_ {
+        move |reason| SourceError::Fetch {
             source_name: self.describe(),
-            what: what.to_owned(),
+            what: what.clone(),
             reason,
-        };
-        let response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(fail(format!("HTTP {status}")));
         }
-        response.bytes().await.map_err(|e| fail(e.to_string()))
     }
 
-    /// Reads the artifact named `name` under `artifact_uri`.
-    async fn read_artifact(
-        &self,
-        artifact_uri: &str,
-        name: &str,
-    ) -> Result<bytes::Bytes, SourceError> {
-        let fail = |reason: String| SourceError::Fetch {
-            source_name: self.describe(),
-            what: format!("{artifact_uri}/{name}"),
-            reason,
-        };
+    /// Where the artifact `name` under `artifact_uri` is read from.
+    fn locate(&self, artifact_uri: &str, name: &str) -> Result<Artifact, SourceError> {
+        let fail = self.artifact_error(format!("{artifact_uri}/{name}"));
         if let Some(rest) = artifact_uri.strip_prefix("mlflow-artifacts:") {
             // mlflow-artifacts:/path or mlflow-artifacts://host/path: the proxy path is what follows the host.
             let path = match rest.strip_prefix("//") {
@@ -180,11 +162,10 @@ impl MlflowSource {
                     .unwrap_or_default(),
                 None => rest.trim_start_matches('/'),
             };
-            let url = format!(
+            return Ok(Artifact::Proxy(format!(
                 "{}/api/2.0/mlflow-artifacts/artifacts/{path}/{name}",
                 self.base
-            );
-            return self.download(&url, &format!("{artifact_uri}/{name}")).await;
+            )));
         }
         if let Some(bucket_key) = artifact_uri.strip_prefix("s3://") {
             let (bucket, key) = bucket_key.split_once('/').unwrap_or((bucket_key, ""));
@@ -192,28 +173,116 @@ impl MlflowSource {
                 .with_bucket_name(bucket)
                 .build()
                 .map_err(|e| fail(e.to_string()))?;
-            use object_store::ObjectStoreExt;
             let path =
                 object_store::path::Path::from(format!("{}/{name}", key.trim_end_matches('/')));
-            return store
-                .get(&path)
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .bytes()
-                .await
-                .map_err(|e| fail(e.to_string()));
+            return Ok(Artifact::S3(Box::new(store), path));
         }
         let local = artifact_uri.strip_prefix("file://").unwrap_or(artifact_uri);
         if local.starts_with('/') {
-            return std::fs::read(Path::new(local).join(name))
-                .map(bytes::Bytes::from)
-                .map_err(|e| fail(e.to_string()));
+            return Ok(Artifact::Local(Path::new(local).join(name)));
         }
         Err(fail(
             "unsupported artifact location; expected mlflow-artifacts:, s3:// or a local path"
                 .to_owned(),
         ))
     }
+
+    /// The artifact's chunks as they arrive (HTTP body, S3 object).
+    async fn open(
+        &self,
+        artifact: Artifact,
+        what: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Result<bytes::Bytes, String>>, SourceError>
+    {
+        use futures::{StreamExt, TryStreamExt};
+        use object_store::ObjectStoreExt;
+        let fail = self.artifact_error(what.to_owned());
+        match artifact {
+            Artifact::Proxy(url) => {
+                let response = self
+                    .client
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                let status = response.status();
+                if !status.is_success() {
+                    return Err(fail(format!("HTTP {status}")));
+                }
+                Ok(
+                    futures::stream::try_unfold(response, |mut response| async move {
+                        let chunk = response.chunk().await.map_err(|e| e.to_string())?;
+                        Ok(chunk.map(|chunk| (chunk, response)))
+                    })
+                    .boxed(),
+                )
+            }
+            Artifact::S3(store, path) => Ok(store
+                .get(&path)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .into_stream()
+                .map_err(|e| e.to_string())
+                .boxed()),
+            Artifact::Local(path) => {
+                let data = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+                Ok(futures::stream::iter([Ok(bytes::Bytes::from(data))]).boxed())
+            }
+        }
+    }
+
+    /// Reads a small artifact (the `MLmodel` file) whole.
+    async fn read_artifact(
+        &self,
+        artifact_uri: &str,
+        name: &str,
+    ) -> Result<bytes::Bytes, SourceError> {
+        use futures::TryStreamExt;
+        let what = format!("{artifact_uri}/{name}");
+        let artifact = self.locate(artifact_uri, name)?;
+        let chunks: Vec<bytes::Bytes> = self
+            .open(artifact, &what)
+            .await?
+            .try_collect()
+            .await
+            .map_err(self.artifact_error(what))?;
+        Ok(chunks.concat().into())
+    }
+
+    /// Streams the artifact (the model file) into `dest`, never whole in memory.
+    async fn download_artifact(
+        &self,
+        artifact_uri: &str,
+        name: &str,
+        dest: &Path,
+    ) -> Result<(), SourceError> {
+        let what = format!("{artifact_uri}/{name}");
+        let fail = self.artifact_error(what.clone());
+        if let Artifact::Local(path) = self.locate(artifact_uri, name)? {
+            // A local file is copied by the kernel, then renamed into place.
+            let tmp = dest.with_extension(format!("tmp-{}", std::process::id()));
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
+            }
+            return std::fs::copy(&path, &tmp)
+                .and_then(|_| std::fs::rename(&tmp, dest))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    fail(e.to_string())
+                });
+        }
+        let chunks = self.open(self.locate(artifact_uri, name)?, &what).await?;
+        stream_atomically(dest, chunks).await.map_err(fail)?;
+        Ok(())
+    }
+}
+
+/// Where an artifact lives.
+enum Artifact {
+    /// Through the tracking server's artifacts proxy.
+    Proxy(String),
+    S3(Box<object_store::aws::AmazonS3>, object_store::path::Path),
+    Local(PathBuf),
 }
 
 #[async_trait::async_trait]
@@ -333,12 +402,8 @@ impl Source for MlflowSource {
                 reason: format!("the onnx flavor's data path `{data}` leaves the artifact folder"),
             });
         }
-        let bytes = self.read_artifact(&artifact_uri, &data).await?;
-        write_atomically(&dir.join("model.onnx"), &bytes).map_err(|e| SourceError::Fetch {
-            source_name: self.describe(),
-            what: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        self.download_artifact(&artifact_uri, &data, &dir.join("model.onnx"))
+            .await?;
         Ok(dir)
     }
 }

@@ -104,21 +104,120 @@ pub fn from_uri(uri: &str, cache_dir: &Path) -> Result<Box<dyn Source>, String> 
     ))
 }
 
-/// Writes `data` to `dest` atomically (temp file, then rename), so a reader
-/// never sees a half-written file.
-pub fn write_atomically(dest: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Streams `chunks` into `dest` atomically (temp file, then rename): memory
+/// holds a few chunks in flight, never the file, so a multi-GB version does
+/// not double the process's RSS. The writes run on a blocking thread. A failed
+/// stream or write leaves no file behind. Returns the bytes written.
+pub async fn stream_atomically<S, E>(dest: &Path, mut chunks: S) -> Result<u64, String>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    use futures::StreamExt;
     if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
     }
     let tmp = dest.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, dest)
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let path = tmp.clone();
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path)?;
+        let mut written = 0u64;
+        while let Some(chunk) = receiver.blocking_recv() {
+            file.write_all(&chunk)?;
+            written += chunk.len() as u64;
+        }
+        file.sync_all()?;
+        Ok(written)
+    });
+    let mut failure = None;
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            // A closed channel means the writer failed: its error says why.
+            Ok(chunk) => {
+                if sender.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Err(err) => {
+                failure = Some(err.to_string());
+                break;
+            }
+        }
+    }
+    drop(sender);
+    let written = writer
+        .await
+        .map_err(|e| format!("the writer thread failed: {e}"))
+        .and_then(|r| r.map_err(|e| format!("writing {}: {e}", tmp.display())));
+    let result = match (failure, written) {
+        (None, Ok(written)) => std::fs::rename(&tmp, dest)
+            .map(|()| written)
+            .map_err(|e| e.to_string()),
+        (Some(reason), _) => Err(reason),
+        (None, Err(reason)) => Err(reason),
+    };
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
-/// A cache folder name derived from content identity (hex of a 64-bit hash of the parts).
+/// A cache folder name derived from content identity: the first 8 bytes of
+/// the SHA-256 of the parts, in hex (the same in every build).
 pub fn content_key(parts: &[&str]) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    parts.hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let digest = hasher.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_lands_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("v/model.onnx");
+        let chunks: Vec<Result<bytes::Bytes, String>> = (0..100u8)
+            .map(|i| Ok(bytes::Bytes::from(vec![i; 10_000])))
+            .collect();
+        let written = stream_atomically(&dest, futures::stream::iter(chunks))
+            .await
+            .unwrap();
+        assert_eq!(written, 1_000_000);
+        let data = std::fs::read(&dest).unwrap();
+        assert_eq!(data.len(), 1_000_000);
+        assert!(data[..10_000].iter().all(|&b| b == 0) && data[990_000..].iter().all(|&b| b == 99));
+        // Cut off half way: the error is reported, no file and no temp file remain.
+        let broken = dir.path().join("w/model.onnx");
+        let chunks: Vec<Result<bytes::Bytes, String>> = vec![
+            Ok(bytes::Bytes::from_static(b"partial")),
+            Err("connection reset".to_owned()),
+        ];
+        let err = stream_atomically(&broken, futures::stream::iter(chunks))
+            .await
+            .unwrap_err();
+        assert!(err.contains("connection reset"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path().join("w")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn content_keys_are_fixed_for_given_parts() {
+        assert_eq!(
+            content_key(&["bucket", "key"]),
+            content_key(&["bucket", "key"])
+        );
+        assert_ne!(
+            content_key(&["bu", "cketkey"]),
+            content_key(&["bucket", "key"])
+        );
+        assert_eq!(content_key(&["a"]).len(), 16);
+    }
 }

@@ -14,7 +14,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::{
-    Listing, MODEL_FILES, Source, SourceError, VersionListing, content_key, write_atomically,
+    Listing, MODEL_FILES, Source, SourceError, VersionListing, content_key, stream_atomically,
 };
 use crate::config::names::valid_model_name;
 
@@ -205,15 +205,14 @@ impl Source for S3Source {
             what: key.clone(),
             reason,
         };
-        let bytes = self
+        // Streamed to disk: a large model is never held in memory whole.
+        let chunks = self
             .store
             .get(&ObjectPath::from(key.as_str()))
             .await
             .map_err(|e| fail(e.to_string()))?
-            .bytes()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        write_atomically(&file, &bytes).map_err(|e| fail(e.to_string()))?;
+            .into_stream();
+        stream_atomically(&file, chunks).await.map_err(fail)?;
         Ok(dir)
     }
 }
