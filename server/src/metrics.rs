@@ -41,6 +41,9 @@ pub struct Metrics {
     endpoint_latency: HistogramVec,
     pipeline_steps: HistogramVec,
     shadow_dropped: IntCounterVec,
+    shadow_comparisons: IntCounterVec,
+    shadow_abs_diff: HistogramVec,
+    shadow_argmax_rows: IntCounterVec,
     canary_decisions: IntCounterVec,
     canary_weight: prometheus::GaugeVec,
     routes_errors: prometheus::IntCounter,
@@ -399,6 +402,30 @@ impl Metrics {
             ),
             &["endpoint"],
         )?;
+        let shadow_comparisons = IntCounterVec::new(
+            Opts::new(
+                "switchyard_shadow_comparisons_total",
+                "Shadow answers compared with the stable answer to the same request, per output: agree (floats within the endpoint's tolerance, others equal), disagree, mismatch (datatype, shape or missing).",
+            ),
+            &["endpoint", "output", "result"],
+        )?;
+        let shadow_abs_diff = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_shadow_max_abs_difference",
+                "Largest |stable − shadow| of a floating-point output, per compared request.",
+            )
+            .buckets(vec![
+                1e-9, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0,
+            ]),
+            &["endpoint", "output"],
+        )?;
+        let shadow_argmax_rows = IntCounterVec::new(
+            Opts::new(
+                "switchyard_shadow_argmax_rows_total",
+                "Rows of a compared output (classes along the last dimension) whose argmax is the same or different in the shadow.",
+            ),
+            &["endpoint", "output", "result"],
+        )?;
         let canary_decisions = IntCounterVec::new(
             Opts::new(
                 "switchyard_canary_decisions_total",
@@ -485,6 +512,9 @@ impl Metrics {
         registry.register(Box::new(endpoint_latency.clone()))?;
         registry.register(Box::new(pipeline_steps.clone()))?;
         registry.register(Box::new(shadow_dropped.clone()))?;
+        registry.register(Box::new(shadow_comparisons.clone()))?;
+        registry.register(Box::new(shadow_abs_diff.clone()))?;
+        registry.register(Box::new(shadow_argmax_rows.clone()))?;
         registry.register(Box::new(canary_decisions.clone()))?;
         registry.register(Box::new(canary_weight.clone()))?;
         registry.register(Box::new(routes_errors.clone()))?;
@@ -522,6 +552,9 @@ impl Metrics {
             endpoint_latency,
             pipeline_steps,
             shadow_dropped,
+            shadow_comparisons,
+            shadow_abs_diff,
+            shadow_argmax_rows,
             canary_decisions,
             canary_weight,
             routes_errors,
@@ -634,6 +667,51 @@ impl Metrics {
 
     pub fn shadow_dropped(&self, endpoint: &str) {
         self.shadow_dropped.with_label_values(&[endpoint]).inc();
+    }
+
+    /// A shadow's outputs' agreement series, at zero, when its route loads.
+    pub fn expose_shadow_outputs(&self, endpoint: &str, outputs: &[&str]) {
+        for output in outputs {
+            for result in ["agree", "disagree", "mismatch"] {
+                let _ = self
+                    .shadow_comparisons
+                    .with_label_values(&[endpoint, output, result]);
+            }
+            let _ = self.shadow_abs_diff.with_label_values(&[endpoint, output]);
+            for result in ["same", "different"] {
+                let _ = self
+                    .shadow_argmax_rows
+                    .with_label_values(&[endpoint, output, result]);
+            }
+        }
+    }
+
+    /// One shadow output compared with the stable one: its verdict label, its
+    /// largest absolute difference (floats), and (same, rows) of its argmax.
+    pub fn shadow_compared(
+        &self,
+        endpoint: &str,
+        output: &str,
+        verdict: &str,
+        max_abs_diff: Option<f64>,
+        argmax: Option<(u64, u64)>,
+    ) {
+        self.shadow_comparisons
+            .with_label_values(&[endpoint, output, verdict])
+            .inc();
+        if let Some(diff) = max_abs_diff {
+            self.shadow_abs_diff
+                .with_label_values(&[endpoint, output])
+                .observe(diff);
+        }
+        if let Some((same, rows)) = argmax {
+            self.shadow_argmax_rows
+                .with_label_values(&[endpoint, output, "same"])
+                .inc_by(same);
+            self.shadow_argmax_rows
+                .with_label_values(&[endpoint, output, "different"])
+                .inc_by(rows - same);
+        }
     }
 
     pub fn canary_decision(&self, endpoint: &str, decision: &str) {

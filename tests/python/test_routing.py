@@ -233,3 +233,51 @@ def test_a_broken_canary_is_rolled_back_and_only_its_share_fails(tmp_path):
         assert any(r["name"] == "broken" and r.get("version") == "1" for r in index(server.http))
     finally:
         assert server.stop() == 0
+
+
+def test_shadow_answers_are_compared_with_the_stable_answer(tmp_path):
+    """A shadow identical to the stable model agrees on every request; one
+    whose outputs differ by 1 (versioned 2: y = x + 2) disagrees, with that
+    difference, while the top class of each row stays the same."""
+    routes = """
+endpoints:
+  scoring:
+    variants:
+      - {name: stable, model: versioned, version: 1, weight: 1}
+    shadow: {model: twin, percent: 100}
+  drifting:
+    variants:
+      - {name: stable, model: versioned, version: 1, weight: 1}
+    shadow: {model: versioned, version: 2, percent: 100, tolerance: {abs: 0.5, rel: 0}}
+"""
+    repo = repo_with(tmp_path, routes)
+    write_version(repo, "twin", 1, versioned_bytes(1))
+    server = Server(repository=repo)
+    try:
+        text = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
+        for endpoint in ("scoring", "drifting"):
+            # Exposed at zero as the routes load.
+            assert metric(text, f'switchyard_shadow_comparisons_total{{endpoint="{endpoint}",output="y",result="agree"}}') == 0
+        for endpoint in ("scoring", "drifting"):
+            for _ in range(40):
+                assert call(server, endpoint).status_code == 200
+
+        def counts():
+            text = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
+            read = lambda e, r: metric(text, f'switchyard_shadow_comparisons_total{{endpoint="{e}",output="y",result="{r}"}}')
+            return {e: {r: read(e, r) for r in ("agree", "disagree", "mismatch")} for e in ("scoring", "drifting")}, text
+
+        wait_for(lambda: sum(sum(v.values()) for v in counts()[0].values()) >= 80, 20, "80 shadow comparisons")
+        got, text = counts()
+        assert got["scoring"] == {"agree": 40, "disagree": 0, "mismatch": 0}, got
+        assert got["drifting"] == {"agree": 0, "disagree": 40, "mismatch": 0}, got
+        # |(x + 1) − (x + 2)| = 1: in the (0.1, 1] bucket, not below.
+        under = metric(text, 'switchyard_shadow_max_abs_difference_bucket{endpoint="drifting",output="y",le="0.1"}')
+        upto = metric(text, 'switchyard_shadow_max_abs_difference_bucket{endpoint="drifting",output="y",le="1"}')
+        assert (under, upto) == (0, 40), (under, upto)
+        # Two rows per request, each with the same top class.
+        same = metric(text, 'switchyard_shadow_argmax_rows_total{endpoint="drifting",output="y",result="same"}')
+        different = metric(text, 'switchyard_shadow_argmax_rows_total{endpoint="drifting",output="y",result="different"}')
+        assert (same, different) == (80, 0), (same, different)
+    finally:
+        assert server.stop() == 0

@@ -58,6 +58,14 @@ struct RawShadow {
     #[serde(flatten)]
     target: RawTarget,
     percent: f64,
+    tolerance: Option<RawTolerance>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTolerance {
+    abs: Option<f64>,
+    rel: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +146,25 @@ pub struct Shadow {
     pub target: Target,
     /// Share of requests also sent to the shadow, 0–100.
     pub percent: f64,
+    /// When a floating-point shadow output agrees with the stable one.
+    pub tolerance: Tolerance,
+}
+
+/// Two floats agree when |a − b| ≤ abs + rel × |a| (numpy's `isclose`);
+/// integers, booleans and strings agree only when equal.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Tolerance {
+    pub abs: f64,
+    pub rel: f64,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Tolerance {
+            abs: 1e-6,
+            rel: 1e-5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -311,9 +338,23 @@ pub fn parse(text: &str, models: &BTreeSet<String>) -> Result<RouteTable, String
                 if !(0.0..=100.0).contains(&s.percent) {
                     return Err(format!("{owner}: shadow percent must be 0–100"));
                 }
+                let defaults = Tolerance::default();
+                let tolerance = match s.tolerance {
+                    None => defaults,
+                    Some(t) => Tolerance {
+                        abs: t.abs.unwrap_or(defaults.abs),
+                        rel: t.rel.unwrap_or(defaults.rel),
+                    },
+                };
+                if !(tolerance.abs >= 0.0 && tolerance.rel >= 0.0) {
+                    return Err(format!(
+                        "{owner}: shadow tolerance `abs` and `rel` are non-negative numbers"
+                    ));
+                }
                 Some(Shadow {
                     target: s.target.validate(&format!("{owner}, shadow"), models)?,
                     percent: s.percent,
+                    tolerance,
                 })
             }
         };

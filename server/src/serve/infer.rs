@@ -356,8 +356,11 @@ pub async fn infer(
             .unwrap_or_else(crate::serve::capture::new_id);
         policy.sample_now().then_some((policy, id))
     });
-    let (model, routed) = crate::serve::route::route(
-        &serving.traffic,
+    let crate::serve::route::Routing {
+        model,
+        routed,
+        shadow,
+    } = crate::serve::route::route(
         &catalog,
         &request,
         endpoint_capture
@@ -392,11 +395,27 @@ pub async fn infer(
     // A pipeline's steps resolve in this same catalog; anything else lets it go
     // (retired versions free once their own requests finish).
     let catalog = model.pipeline().is_some().then_some(catalog);
+    // A classified output is strings here, raw numbers in the shadow: not comparable.
+    let classified = request
+        .outputs
+        .iter()
+        .flatten()
+        .any(|o| o.classification.is_some());
     let result = run(serving, catalog.as_deref(), &model, request).await;
     if let Some((endpoint, variant)) = &routed {
         serving
             .traffic
             .record(endpoint, variant, result.is_ok(), served.started.elapsed());
+    }
+    // Offered once the stable answer is known (its outputs are compared with
+    // the shadow's); still never waited for.
+    if let Some(mut shadow) = shadow {
+        shadow.stable = result
+            .as_ref()
+            .ok()
+            .filter(|_| !classified)
+            .map(|r| r.outputs.clone());
+        serving.traffic.offer_shadow(shadow);
     }
     if let Some((capture, pending)) = capture {
         let outcome = result.as_ref().map(|response| response.outputs.as_slice());

@@ -11,9 +11,11 @@
 //! - `batcher`: the per-version queue and dynamic batcher
 //! - `pipeline`: running pipelines and ensembles step by step, and checking them against the catalog
 //! - `traffic`: per-variant outcome windows and shadow copies
+//! - `agreement`: how a shadow's outputs compare with the stable answer
 //! - `capture`: sampled request/response records and their sinks
 //! - `classify`: the classification extension
 
+pub mod agreement;
 pub mod batcher;
 pub mod capture;
 pub mod catalog;

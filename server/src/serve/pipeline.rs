@@ -513,13 +513,16 @@ async fn run_step(
         }
         StepTarget::Endpoint(_) => {
             let started = Instant::now();
-            let (model, routed) =
-                crate::serve::route::route(&serving.traffic, catalog, &request, None)?;
-            let result = crate::serve::infer::call_model(&model, request).await;
-            if let Some((endpoint, variant)) = &routed {
+            let routing = crate::serve::route::route(catalog, &request, None)?;
+            let result = crate::serve::infer::call_model(&routing.model, request).await;
+            if let Some((endpoint, variant)) = &routing.routed {
                 serving
                     .traffic
                     .record(endpoint, variant, result.is_ok(), started.elapsed());
+            }
+            if let Some(mut shadow) = routing.shadow {
+                shadow.stable = result.as_ref().ok().cloned();
+                serving.traffic.offer_shadow(shadow);
             }
             result
         }

@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::serve::catalog::Catalog;
 use crate::serve::infer::{InferRequest, Routed};
 use crate::serve::model::ModelVersion;
-use crate::serve::traffic::{ShadowJob, Traffic};
+use crate::serve::traffic::ShadowJob;
 
 /// `u` in (0, 1) for a (key, variant) pair: the first 8 bytes of
 /// SHA-256(key ‖ 0x00 ‖ variant), big-endian, top 53 bits, centred in its step.
@@ -95,18 +95,26 @@ pub fn choose(
     Ok(candidates[candidates.len() - 1])
 }
 
+/// Where a request goes: the model version, the route (for routed
+/// requests), and a shadow copy to offer once the stable answer is known.
+pub struct Routing {
+    pub model: Arc<ModelVersion>,
+    pub routed: Option<Routed>,
+    pub shadow: Option<ShadowJob>,
+}
+
 /// Picks the model version for a request: an endpoint's variant, or the model itself.
 pub fn route(
-    traffic: &Traffic,
     catalog: &Catalog,
     request: &InferRequest,
     capture: Option<(&Arc<CapturePolicy>, &str)>,
-) -> Result<(Arc<ModelVersion>, Option<Routed>), ApiError> {
+) -> Result<Routing, ApiError> {
     let Some(endpoint) = catalog.routes.endpoints.get(&request.model) else {
-        return Ok((
-            catalog.lookup(&request.model, request.version.as_deref())?,
-            None,
-        ));
+        return Ok(Routing {
+            model: catalog.lookup(&request.model, request.version.as_deref())?,
+            routed: None,
+            shadow: None,
+        });
     };
     if request.version.is_some() {
         return Err(ApiError::invalid(format!(
@@ -138,6 +146,7 @@ pub fn route(
     )?;
     let variant = &endpoint.variants[index];
     let model = catalog.resolve(&variant.target)?;
+    let mut job = None;
     if let Some(shadow) = &endpoint.shadow
         && rand::random::<f64>() * 100.0 < shadow.percent
         && let Ok(shadow_model) = catalog.resolve(&shadow.target)
@@ -151,14 +160,20 @@ pub fn route(
                 Some((endpoint.name.as_str(), "shadow")),
             )
         });
-        traffic.offer_shadow(ShadowJob {
+        job = Some(ShadowJob {
             endpoint: endpoint.name.clone(),
             model: shadow_model,
             inputs: request.inputs.clone(),
             capture,
+            stable: None,
+            tolerance: shadow.tolerance,
         });
     }
-    Ok((model, Some((endpoint.name.clone(), variant.name.clone()))))
+    Ok(Routing {
+        model,
+        routed: Some((endpoint.name.clone(), variant.name.clone())),
+        shadow: job,
+    })
 }
 
 #[cfg(test)]

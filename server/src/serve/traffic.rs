@@ -2,7 +2,8 @@
 //! the canary controller in `control::canary` judges) and the bounded queue of
 //! shadow copies. Shadow work never delays or fails the primary
 //! request: copies are offered with `try_send`, dropped (and counted) when
-//! the queue is full, and their results are only recorded.
+//! the queue is full, and their results are only recorded: success, latency,
+//! and how their outputs agree with the stable answer (`agreement`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,6 +114,10 @@ pub struct ShadowJob {
     pub inputs: Vec<Tensor>,
     /// Set when the request it copies is captured: the shadow's answer is too.
     pub capture: Option<crate::serve::capture::Pending>,
+    /// The stable answer to the same request, to compare with (set once it
+    /// has answered; `None` when it failed: nothing to compare).
+    pub stable: Option<Vec<Tensor>>,
+    pub tolerance: crate::config::routes::Tolerance,
 }
 
 pub struct Traffic {
@@ -193,6 +198,17 @@ pub async fn run_shadow_workers(traffic: Arc<Traffic>, cancel: CancellationToken
                 let priority = Some(job.model.config.queue.priority_levels);
                 let result = job.model.infer(job.inputs, priority, None, None).await;
                 traffic.record(&job.endpoint, "shadow", result.is_ok(), started.elapsed());
+                if let (Ok(shadow), Some(stable)) = (&result, &job.stable) {
+                    for c in crate::serve::agreement::compare(stable, shadow, job.tolerance) {
+                        traffic.metrics.shadow_compared(
+                            &job.endpoint,
+                            &c.output,
+                            c.verdict.as_label(),
+                            c.max_abs_diff,
+                            c.argmax,
+                        );
+                    }
+                }
                 if let (Some(capture), Some(pending)) = (&traffic.capture, job.capture) {
                     let outcome = result.as_deref();
                     capture.offer(pending.finish(&job.model, started.elapsed(), outcome));

@@ -116,6 +116,17 @@ impl Lifecycle {
                         endpoint.shadow.is_some(),
                         endpoint.canary.is_some(),
                     );
+                    if let Some(shadow) = &endpoint.shadow
+                        && let Ok(model) = next.resolve(&shadow.target)
+                    {
+                        let outputs: Vec<&str> = model
+                            .signature
+                            .outputs
+                            .iter()
+                            .map(|o| o.name.as_str())
+                            .collect();
+                        self.metrics.expose_shadow_outputs(&endpoint.name, &outputs);
+                    }
                     for variant in &endpoint.variants {
                         self.metrics.set_route_weight(
                             &endpoint.name,
