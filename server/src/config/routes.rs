@@ -293,7 +293,7 @@ pub fn parse(text: &str, models: &BTreeSet<String>) -> Result<RouteTable, String
                     return Err(format!("{owner}: min_success_rate is a percentage"));
                 }
                 if let Some(ratio) = c.max_p99_ratio
-                    && !(ratio >= MIN_P99_RATIO)
+                    && (ratio.is_nan() || ratio < MIN_P99_RATIO)
                 {
                     return Err(format!(
                         "{owner}: max_p99_ratio {ratio} is finer than the latency windows resolve: each p99 is known to within {:.0}%, so identical traffic can differ by up to {:.3}×; use {MIN_P99_RATIO} or more",
@@ -346,7 +346,10 @@ pub fn parse(text: &str, models: &BTreeSet<String>) -> Result<RouteTable, String
                         rel: t.rel.unwrap_or(defaults.rel),
                     },
                 };
-                if !(tolerance.abs >= 0.0 && tolerance.rel >= 0.0) {
+                if [tolerance.abs, tolerance.rel]
+                    .iter()
+                    .any(|t| t.is_nan() || *t < 0.0)
+                {
                     return Err(format!(
                         "{owner}: shadow tolerance `abs` and `rel` are non-negative numbers"
                     ));
