@@ -28,13 +28,15 @@ pub enum ErrorKind {
     Unauthenticated,
     /// The client took too long to send its request (slow body).
     RequestTimeout,
+    /// The change conflicts with the state it would change (a rollout in progress).
+    Conflict,
     /// A fault on our side; never used for client mistakes.
     Internal,
 }
 
 impl ErrorKind {
     /// Every kind, for series exposed at zero.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::InvalidArgument,
         ErrorKind::NotFound,
         ErrorKind::PayloadTooLarge,
@@ -44,6 +46,7 @@ impl ErrorKind {
         ErrorKind::PermissionDenied,
         ErrorKind::Unauthenticated,
         ErrorKind::RequestTimeout,
+        ErrorKind::Conflict,
         ErrorKind::Internal,
     ];
 
@@ -58,6 +61,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,6 +76,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::RequestTimeout => tonic::Code::DeadlineExceeded,
+            ErrorKind::Conflict => tonic::Code::FailedPrecondition,
             ErrorKind::Internal => tonic::Code::Internal,
         }
     }
@@ -86,6 +91,7 @@ impl ErrorKind {
             tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
             tonic::Code::PermissionDenied => "PERMISSION_DENIED",
             tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+            tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
             _ => "INTERNAL",
         }
     }
@@ -102,6 +108,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::RequestTimeout => "request_timeout",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::Internal => "internal",
         }
     }

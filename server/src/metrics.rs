@@ -124,7 +124,10 @@ impl Rejection {
 pub const MODEL_EVENTS: [&str; 3] = ["swapped_in", "retired", "unloaded"];
 
 /// `switchyard_canary_decisions_total{decision}` values.
-pub const CANARY_DECISIONS: [&str; 5] = ["wait", "hold", "step_up", "promote", "rollback"];
+/// `pause`, `resume` and `abort` are an operator's (the control API); `promote` either.
+pub const CANARY_DECISIONS: [&str; 8] = [
+    "wait", "hold", "step_up", "promote", "rollback", "pause", "resume", "abort",
+];
 
 /// The protocols requests are counted under.
 pub const PROTOCOLS: [&str; 2] = ["http", "grpc"];

@@ -281,3 +281,57 @@ endpoints:
         assert (same, different) == (80, 0), (same, different)
     finally:
         assert server.stop() == 0
+
+
+def test_the_control_api_sets_weights_and_commands_a_canary(tmp_path):
+    """Admin-only: PUT /v2/endpoints/{name} sets weights (refused while a canary
+    rollout sets them, unless forced, which pauses it); POST
+    /v2/endpoints/{name}/canary/{pause,resume,abort,promote} moves the rollout."""
+    routes = CANARY.replace("CANARY_MODEL", "versioned, version: 2").replace("min_requests: 5", "min_requests: 1000000")
+    repo = repo_with(tmp_path, routes + """
+  plain:
+    variants:
+      - {name: a, model: versioned, version: 1, weight: 50}
+      - {name: b, model: versioned, version: 2, weight: 50}
+""")
+    server = Server("--admin-tokens", "boss-0123456789abcdef", "--inference-tokens", "user-0123456789abcdef", repository=repo)
+    admin = {"Authorization": "Bearer boss-0123456789abcdef"}
+    user = {"Authorization": "Bearer user-0123456789abcdef"}
+    base = f"http://{server.http}/v2/endpoints"
+    try:
+        wait_for(lambda: requests.get(f"{base}/scoring", headers=user, timeout=10).json()["canary"].get("state") is not None,
+                 10, "the canary controller to see the endpoint")
+        # Inference tokens may read, not change.
+        assert requests.put(f"{base}/plain", json={"weights": {"a": 100, "b": 0}}, headers=user, timeout=10).status_code == 403
+        assert requests.post(f"{base}/scoring/canary/pause", headers=user, timeout=10).status_code == 403
+        # Plain weights: every request then goes to `a`.
+        reply = requests.put(f"{base}/plain", json={"weights": {"a": 100, "b": 0}}, headers=admin, timeout=10)
+        assert reply.status_code == 200, reply.text
+        weights = {v["name"]: v["weight"] for v in reply.json()["variants"]}
+        assert weights == {"a": 100, "b": 0}, reply.json()
+        variants = {requests.post(f"http://{server.http}/v2/models/plain/infer", json=BODY, headers=user, timeout=10)
+                    .headers["x-switchyard-variant"] for _ in range(30)}
+        assert variants == {"a"}
+        for bad, why in [({"weights": {"zzz": 1}}, "no variant `zzz`"), ({"weights": {"a": -1}}, "non-negative"),
+                         ({"weights": {"a": 0, "b": 0}}, "add up to 0"), ({"weight": {}}, "weights")]:
+            reply = requests.put(f"{base}/plain", json=bad, headers=admin, timeout=10)
+            assert reply.status_code == 400 and why in reply.json()["error"], reply.text
+        assert requests.put(f"{base}/nope", json={"weights": {}}, headers=admin, timeout=10).status_code == 404
+        # A progressing canary sets its own weights: a manual change is a conflict...
+        reply = requests.put(f"{base}/scoring", json={"weights": {"stable": 90, "canary": 10}}, headers=admin, timeout=10)
+        assert reply.status_code == 409 and "pause it first" in reply.json()["error"], reply.text
+        # ...pause, resume, then promote by hand.
+        for action, phase in [("pause", "paused"), ("resume", "progressing"), ("promote", "promoted")]:
+            reply = requests.post(f"{base}/scoring/canary/{action}", headers=admin, timeout=10)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["canary"]["state"]["phase"] == phase, reply.json()
+        wait_for(lambda: {v["name"]: v["weight"] for v in requests.get(f"{base}/scoring", headers=user, timeout=10)
+                          .json()["variants"]} == {"stable": 0, "canary": 100}, 10, "the promoted weights")
+        reply = requests.post(f"{base}/scoring/canary/abort", headers=admin, timeout=10)
+        assert reply.status_code == 409 and "already promoted" in reply.json()["error"], reply.text
+        assert requests.post(f"{base}/scoring/canary/dance", headers=admin, timeout=10).status_code == 404
+        assert requests.post(f"{base}/plain/canary/pause", headers=admin, timeout=10).status_code == 404
+        metrics = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
+        assert metric(metrics, 'switchyard_canary_decisions_total{decision="pause",endpoint="scoring"}') == 1
+    finally:
+        assert server.stop() == 0

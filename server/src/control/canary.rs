@@ -22,8 +22,70 @@ use crate::serve::traffic::{Traffic, WindowSnapshot};
 #[serde(rename_all = "snake_case")]
 pub enum CanaryPhase {
     Progressing,
+    /// Stopped by an operator: weights stay as they are, nothing is judged.
+    Paused,
     Promoted,
     RolledBack,
+}
+
+/// What an operator (or an external controller) asks of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanaryCommand {
+    Pause,
+    Resume,
+    /// Roll back now: all traffic to the stable variant.
+    Abort,
+    /// Promote now: all traffic to the canary.
+    Promote,
+}
+
+impl CanaryCommand {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pause" => Some(CanaryCommand::Pause),
+            "resume" => Some(CanaryCommand::Resume),
+            "abort" => Some(CanaryCommand::Abort),
+            "promote" => Some(CanaryCommand::Promote),
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            CanaryCommand::Pause => "pause",
+            CanaryCommand::Resume => "resume",
+            CanaryCommand::Abort => "abort",
+            CanaryCommand::Promote => "promote",
+        }
+    }
+}
+
+/// Applies an operator's command to a rollout's state (pure).
+pub fn command(state: &mut CanaryState, command: CanaryCommand) -> Result<(), String> {
+    use CanaryPhase::*;
+    let next = match (command, state.phase) {
+        (CanaryCommand::Pause, Progressing) => Paused,
+        (CanaryCommand::Resume, Paused) => Progressing,
+        (CanaryCommand::Abort, Progressing | Paused) => RolledBack,
+        (CanaryCommand::Promote, Progressing | Paused) => Promoted,
+        (command, phase) => {
+            return Err(format!(
+                "cannot {} a rollout that is {}",
+                command.label(),
+                match phase {
+                    Progressing => "progressing",
+                    Paused => "paused",
+                    Promoted => "already promoted",
+                    RolledBack => "already rolled back",
+                }
+            ));
+        }
+    };
+    state.phase = next;
+    state.failed_checks = 0;
+    state.last_decision = command.label().to_owned();
+    state.last_reason = "by an operator (control API)".to_owned();
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -180,6 +242,13 @@ pub async fn run_controller(
                         last_check: Instant::now(),
                     };
                 }
+                if entry.state.phase == CanaryPhase::Paused {
+                    // Traffic seen while paused is not judged after a resume.
+                    traffic.window(name, &policy.stable).take();
+                    traffic.window(name, &policy.canary).take();
+                    entry.last_check = Instant::now();
+                    continue;
+                }
                 let wanted = weight_for(&entry.policy, &entry.state);
                 let current = endpoint
                     .variants
@@ -238,7 +307,9 @@ pub async fn run_controller(
 /// The canary's weight for a rollout state.
 fn weight_for(policy: &CanaryPolicy, state: &CanaryState) -> f64 {
     match state.phase {
-        CanaryPhase::Progressing => policy.steps[state.step.min(policy.steps.len() - 1)],
+        CanaryPhase::Progressing | CanaryPhase::Paused => {
+            policy.steps[state.step.min(policy.steps.len() - 1)]
+        }
         CanaryPhase::Promoted => 100.0,
         CanaryPhase::RolledBack => 0.0,
     }
@@ -267,6 +338,124 @@ impl Canaries {
             })
             .unwrap_or_default()
     }
+}
+
+impl Canaries {
+    /// An operator's command for the rollout of `endpoint`; returns its new state.
+    pub fn command(
+        &self,
+        endpoint: &str,
+        action: CanaryCommand,
+        metrics: &Metrics,
+    ) -> Result<CanaryState, crate::error::ApiError> {
+        use crate::error::{ApiError, ErrorKind};
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| ApiError::internal("the canary state is poisoned"))?;
+        let entry = entries.get_mut(endpoint).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "endpoint `{endpoint}` has no canary rollout (a `canary:` policy in the route file)"
+            ))
+        })?;
+        command(&mut entry.state, action)
+            .map_err(|reason| ApiError::new(ErrorKind::Conflict, reason))?;
+        entry.last_check = Instant::now();
+        metrics.canary_decision(endpoint, action.label());
+        info!(
+            endpoint,
+            action = action.label(),
+            "Canary rollout changed by an operator."
+        );
+        Ok(entry.state.clone())
+    }
+
+    /// Pauses the rollout of `endpoint` if one progresses; `Err` names why a
+    /// manual change would fight it (unless `force`).
+    fn yield_to_operator(
+        &self,
+        endpoint: &str,
+        force: bool,
+        metrics: &Metrics,
+    ) -> Result<(), String> {
+        let Ok(mut entries) = self.entries.lock() else {
+            return Ok(());
+        };
+        let Some(entry) = entries.get_mut(endpoint) else {
+            return Ok(());
+        };
+        if entry.state.phase != CanaryPhase::Progressing {
+            return Ok(());
+        }
+        if !force {
+            return Err(format!(
+                "endpoint `{endpoint}` has a canary rollout in progress that sets its weights; pause it first (POST /v2/endpoints/{endpoint}/canary/pause) or pass \"force\": true, which pauses it"
+            ));
+        }
+        let _ = command(&mut entry.state, CanaryCommand::Pause);
+        metrics.canary_decision(endpoint, "pause");
+        Ok(())
+    }
+}
+
+/// Sets an endpoint's variant weights by hand (the control API), as one
+/// catalog swap. They hold until the route file changes. A progressing
+/// canary rollout would overwrite them: refused unless `force` (which pauses it).
+pub async fn set_weights(
+    catalog: &CatalogStore,
+    canaries: &Canaries,
+    metrics: &Metrics,
+    endpoint: &str,
+    weights: &std::collections::BTreeMap<String, f64>,
+    force: bool,
+) -> Result<(), crate::error::ApiError> {
+    use crate::error::{ApiError, ErrorKind};
+    let writer = catalog.writer().await;
+    let current = writer.current();
+    let existing = current
+        .routes
+        .endpoints
+        .get(endpoint)
+        .ok_or_else(|| ApiError::not_found(format!("unknown endpoint `{endpoint}`")))?;
+    let names: Vec<&str> = existing.variants.iter().map(|v| v.name.as_str()).collect();
+    for (name, weight) in weights {
+        if !names.contains(&name.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "endpoint `{endpoint}` has no variant `{name}`; variants: {names:?}"
+            )));
+        }
+        if !(weight.is_finite() && *weight >= 0.0) {
+            return Err(ApiError::invalid(format!(
+                "variant `{name}`: a weight is a non-negative number, got {weight}"
+            )));
+        }
+    }
+    let mut updated = (**existing).clone();
+    for variant in &mut updated.variants {
+        if let Some(weight) = weights.get(&variant.name) {
+            variant.weight = *weight;
+        }
+    }
+    if updated.variants.iter().map(|v| v.weight).sum::<f64>() <= 0.0 {
+        return Err(ApiError::invalid(format!(
+            "endpoint `{endpoint}`: the weights would add up to 0; some variant must take traffic"
+        )));
+    }
+    canaries
+        .yield_to_operator(endpoint, force, metrics)
+        .map_err(|reason| ApiError::new(ErrorKind::Conflict, reason))?;
+    for variant in &updated.variants {
+        metrics.set_route_weight(endpoint, &variant.name, variant.weight);
+    }
+    info!(endpoint, ?weights, "Endpoint weights set by an operator.");
+    let mut routes = (*current.routes).clone();
+    routes
+        .endpoints
+        .insert(endpoint.to_owned(), Arc::new(updated));
+    let mut next = (*current).clone();
+    next.routes = Arc::new(routes);
+    writer.publish(next);
+    Ok(())
 }
 
 /// Sets a canary's share of its endpoint (the stable gets the rest), as one catalog swap.
@@ -370,5 +559,40 @@ mod tests {
             evaluate(&p, &mut s, stable, window(90, 10, 1.0)),
             Decision::Hold(_)
         ));
+    }
+
+    #[test]
+    fn operator_commands_follow_the_phases() {
+        let mut state = CanaryState::new();
+        command(&mut state, CanaryCommand::Pause).unwrap();
+        assert_eq!(state.phase, CanaryPhase::Paused);
+        assert!(
+            command(&mut state, CanaryCommand::Pause)
+                .unwrap_err()
+                .contains("paused")
+        );
+        command(&mut state, CanaryCommand::Resume).unwrap();
+        assert_eq!(state.phase, CanaryPhase::Progressing);
+        command(&mut state, CanaryCommand::Abort).unwrap();
+        assert_eq!(state.phase, CanaryPhase::RolledBack);
+        assert_eq!(state.last_decision, "abort");
+        let err = command(&mut state, CanaryCommand::Promote).unwrap_err();
+        assert!(err.contains("already rolled back"), "{err}");
+        // A paused rollout's weight stays where the rollout stood.
+        let policy = CanaryPolicy {
+            stable: "s".into(),
+            canary: "c".into(),
+            steps: vec![10.0, 50.0, 100.0],
+            interval: Duration::from_secs(1),
+            min_requests: 1,
+            min_success_rate: 99.0,
+            max_p99_ms: None,
+            max_p99_ratio: None,
+            failures_to_rollback: 1,
+        };
+        let mut paused = CanaryState::new();
+        paused.step = 1;
+        command(&mut paused, CanaryCommand::Pause).unwrap();
+        assert_eq!(weight_for(&policy, &paused), 50.0);
     }
 }

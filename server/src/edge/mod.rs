@@ -66,6 +66,8 @@ pub enum Operation {
     /// The logging extension (read and change).
     LogSettings,
     Endpoints,
+    /// Setting an endpoint's weights, commanding its canary rollout.
+    EndpointControl,
     /// Verified by its HMAC signature instead of a token.
     MlflowWebhook,
     /// A path that matches no route (answered 404 to those allowed to ask).
@@ -80,7 +82,8 @@ impl Operation {
             Operation::ModelLoad
             | Operation::ModelUnload
             | Operation::TraceSettings
-            | Operation::LogSettings => Some(Scope::Admin),
+            | Operation::LogSettings
+            | Operation::EndpointControl => Some(Scope::Admin),
             Operation::ServerMetadata
             | Operation::ModelMetadata
             | Operation::ModelReady
@@ -297,13 +300,16 @@ mod tests {
             TraceSettings,
             LogSettings,
             Endpoints,
+            EndpointControl,
             MlflowWebhook,
             Unknown,
         ];
         for operation in all {
             let expected = match operation {
                 ServerLive | ServerReady | MlflowWebhook => None,
-                ModelLoad | ModelUnload | TraceSettings | LogSettings => Some(Scope::Admin),
+                ModelLoad | ModelUnload | TraceSettings | LogSettings | EndpointControl => {
+                    Some(Scope::Admin)
+                }
                 _ => Some(Scope::Inference),
             };
             assert_eq!(operation.scope(), expected, "{operation:?}");

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, get, post, put};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
@@ -113,7 +113,14 @@ pub fn router(edge: Arc<Edge>) -> Router {
             op(ServerMetadata, axum::routing::any(shared_memory)),
         )
         .route("/v2/endpoints", op(Endpoints, get(list_endpoints)))
-        .route("/v2/endpoints/{endpoint}", op(Endpoints, get(get_endpoint)))
+        .route(
+            "/v2/endpoints/{endpoint}",
+            op(Endpoints, get(get_endpoint)).merge(op(EndpointControl, put(put_endpoint))),
+        )
+        .route(
+            "/v2/endpoints/{endpoint}/canary/{action}",
+            op(EndpointControl, post(command_canary)),
+        )
         .fallback_service(op(Unknown, axum::routing::any(no_route)).with_state(edge.clone()))
         // Bodies are read with our own limit so an oversize one gets our 413 body.
         .layer(DefaultBodyLimit::disable())
@@ -732,6 +739,53 @@ async fn list_endpoints(State(edge): State<Arc<Edge>>) -> Response {
         .collect();
     axum::Json(json!({"endpoints": endpoints, "route_file_error": catalog.routes_error}))
         .into_response()
+}
+
+/// `PUT /v2/endpoints/{name}`: `{"weights": {"<variant>": w, ...}, "force": false}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointUpdate {
+    weights: std::collections::BTreeMap<String, f64>,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn put_endpoint(
+    State(edge): State<Arc<Edge>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(body, &headers, 64 << 10).await?;
+    let update: EndpointUpdate = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(format!(
+            "the body is {{\"weights\": {{\"<variant>\": <weight>, ...}}, \"force\": false}}: {e}"
+        ))
+    })?;
+    crate::control::canary::set_weights(
+        &edge.serving.catalog,
+        &edge.canaries,
+        &edge.serving.metrics,
+        &name,
+        &update.weights,
+        update.force,
+    )
+    .await?;
+    get_endpoint(State(edge), Path(name)).await
+}
+
+async fn command_canary(
+    State(edge): State<Arc<Edge>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let command = crate::control::canary::CanaryCommand::parse(&action).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "unknown canary action `{action}`; actions: pause, resume, abort, promote"
+        ))
+    })?;
+    edge.canaries
+        .command(&name, command, &edge.serving.metrics)?;
+    get_endpoint(State(edge), Path(name)).await
 }
 
 async fn get_endpoint(
