@@ -331,6 +331,14 @@ def test_the_control_api_sets_weights_and_commands_a_canary(tmp_path):
         assert reply.status_code == 409 and "already promoted" in reply.json()["error"], reply.text
         assert requests.post(f"{base}/scoring/canary/dance", headers=admin, timeout=10).status_code == 404
         assert requests.post(f"{base}/plain/canary/pause", headers=admin, timeout=10).status_code == 404
+        # The rollout's history says what happened, in order, and why.
+        rollout = requests.get(f"http://{server.http}/v2/rollouts/scoring", headers=user, timeout=10).json()
+        decisions = [e["decision"] for e in rollout["history"] if e["decision"] != "wait"]
+        assert decisions == ["started", "pause", "resume", "promote"], rollout["history"]
+        assert rollout["phase"] == "promoted" and rollout["history"][-1]["canary_weight"] == 100
+        assert [r["name"] for r in requests.get(f"http://{server.http}/v2/rollouts", headers=user, timeout=10)
+                .json()["rollouts"]] == ["scoring"]
+        assert requests.get(f"http://{server.http}/v2/rollouts/plain", headers=user, timeout=10).status_code == 404
         metrics = requests.get(f"http://{server.metrics}/metrics", timeout=10).text
         assert metric(metrics, 'switchyard_canary_decisions_total{decision="pause",endpoint="scoring"}') == 1
     finally:

@@ -98,6 +98,24 @@ pub struct CanaryState {
     pub last_reason: String,
     pub last_canary: WindowSnapshot,
     pub last_stable: WindowSnapshot,
+    /// Decisions, oldest first (the last `HISTORY` of them; repeated waits once).
+    pub history: std::collections::VecDeque<CanaryEvent>,
+}
+
+/// Decisions a rollout's history keeps.
+const HISTORY: usize = 200;
+
+/// One decision, with what it was judged on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CanaryEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub decision: String,
+    pub reason: String,
+    /// The canary's weight after the decision.
+    pub canary_weight: f64,
+    pub canary: WindowSnapshot,
+    pub stable: WindowSnapshot,
 }
 
 impl CanaryState {
@@ -110,7 +128,35 @@ impl CanaryState {
             last_reason: String::new(),
             last_canary: WindowSnapshot::default(),
             last_stable: WindowSnapshot::default(),
+            history: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Appends the last decision to the history (a wait repeating the one
+    /// before it only once).
+    fn remember(&mut self, canary_weight: f64) {
+        if self.last_decision == "wait"
+            && self
+                .history
+                .back()
+                .is_some_and(|e| e.decision == "wait" && e.reason == self.last_reason)
+        {
+            return;
+        }
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.history.push_back(CanaryEvent {
+            at_ms,
+            decision: self.last_decision.clone(),
+            reason: self.last_reason.clone(),
+            canary_weight,
+            canary: self.last_canary,
+            stable: self.last_stable,
+        });
     }
 }
 
@@ -199,6 +245,19 @@ struct CanaryEntry {
     last_check: Instant,
 }
 
+impl CanaryEntry {
+    /// A rollout starting at its first step (its history begins with `started`).
+    fn start(policy: &CanaryPolicy) -> Self {
+        let mut state = CanaryState::new();
+        state.remember(weight_for(policy, &state));
+        CanaryEntry {
+            policy: policy.clone(),
+            state,
+            last_check: Instant::now(),
+        }
+    }
+}
+
 /// Checks every canary rollout once per its interval and moves weights.
 pub async fn run_controller(
     rollouts: Arc<Canaries>,
@@ -229,18 +288,12 @@ pub async fn run_controller(
                 let Some(policy) = &endpoint.canary else {
                     continue;
                 };
-                let entry = canaries.entry(name.clone()).or_insert_with(|| CanaryEntry {
-                    policy: policy.clone(),
-                    state: CanaryState::new(),
-                    last_check: Instant::now(),
-                });
+                let entry = canaries
+                    .entry(name.clone())
+                    .or_insert_with(|| CanaryEntry::start(policy));
                 if &entry.policy != policy {
                     info!(endpoint = %name, "Canary policy changed; the rollout starts over.");
-                    *entry = CanaryEntry {
-                        policy: policy.clone(),
-                        state: CanaryState::new(),
-                        last_check: Instant::now(),
-                    };
+                    *entry = CanaryEntry::start(policy);
                 }
                 if entry.state.phase == CanaryPhase::Paused {
                     // Traffic seen while paused is not judged after a resume.
@@ -277,6 +330,8 @@ pub async fn run_controller(
                 };
                 entry.state.last_decision = label.to_owned();
                 entry.state.last_reason = reason.clone();
+                let weight = weight_for(&entry.policy, &entry.state);
+                entry.state.remember(weight);
                 metrics.canary_decision(name, label);
                 match decision {
                     Decision::Wait(_) => {}
@@ -327,6 +382,18 @@ impl Canaries {
         Arc::new(Canaries::default())
     }
 
+    /// Every rollout: its policy and its state, by endpoint.
+    pub fn rollouts(&self) -> std::collections::BTreeMap<String, (CanaryPolicy, CanaryState)> {
+        self.entries
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .map(|(k, v)| (k.clone(), (v.policy.clone(), v.state.clone())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Status of every canary rollout, by endpoint.
     pub fn states(&self) -> HashMap<String, CanaryState> {
         self.entries
@@ -360,6 +427,8 @@ impl Canaries {
         })?;
         command(&mut entry.state, action)
             .map_err(|reason| ApiError::new(ErrorKind::Conflict, reason))?;
+        let weight = weight_for(&entry.policy, &entry.state);
+        entry.state.remember(weight);
         entry.last_check = Instant::now();
         metrics.canary_decision(endpoint, action.label());
         info!(
@@ -393,6 +462,8 @@ impl Canaries {
             ));
         }
         let _ = command(&mut entry.state, CanaryCommand::Pause);
+        let weight = weight_for(&entry.policy, &entry.state);
+        entry.state.remember(weight);
         metrics.canary_decision(endpoint, "pause");
         Ok(())
     }

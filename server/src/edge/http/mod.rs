@@ -117,6 +117,8 @@ pub fn router(edge: Arc<Edge>) -> Router {
             "/v2/endpoints/{endpoint}",
             op(Endpoints, get(get_endpoint)).merge(op(EndpointControl, put(put_endpoint))),
         )
+        .route("/v2/rollouts", op(Endpoints, get(list_rollouts)))
+        .route("/v2/rollouts/{endpoint}", op(Endpoints, get(get_rollout)))
         .route(
             "/v2/endpoints/{endpoint}/canary/{action}",
             op(EndpointControl, post(command_canary)),
@@ -727,6 +729,60 @@ fn endpoint_json(
             "state": canaries.get(&endpoint.name),
         })),
     })
+}
+
+/// A rollout: its endpoint, policy, phase, step, the canary's weight, each
+/// gate's last values and its decision history.
+fn rollout_json(
+    endpoint: &str,
+    policy: &crate::config::routes::CanaryPolicy,
+    state: &crate::control::canary::CanaryState,
+) -> serde_json::Value {
+    json!({
+        "name": endpoint,
+        "stable": policy.stable,
+        "canary": policy.canary,
+        "phase": state.phase,
+        "step": state.step,
+        "steps": policy.steps,
+        "gates": {
+            "min_requests": policy.min_requests,
+            "min_success_rate": policy.min_success_rate,
+            "max_p99_ms": policy.max_p99_ms,
+            "max_p99_ratio": policy.max_p99_ratio,
+            "failures_to_rollback": policy.failures_to_rollback,
+        },
+        "failed_checks": state.failed_checks,
+        "last_decision": state.last_decision,
+        "last_reason": state.last_reason,
+        "last_canary": state.last_canary,
+        "last_stable": state.last_stable,
+        "history": state.history,
+    })
+}
+
+async fn list_rollouts(State(edge): State<Arc<Edge>>) -> Response {
+    let rollouts: Vec<serde_json::Value> = edge
+        .canaries
+        .rollouts()
+        .iter()
+        .map(|(name, (policy, state))| rollout_json(name, policy, state))
+        .collect();
+    axum::Json(json!({ "rollouts": rollouts })).into_response()
+}
+
+async fn get_rollout(
+    State(edge): State<Arc<Edge>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let rollouts = edge.canaries.rollouts();
+    let (policy, state) = rollouts.get(&name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no rollout for `{name}`; rollouts: {:?}",
+            rollouts.keys().collect::<Vec<_>>()
+        ))
+    })?;
+    Ok(axum::Json(rollout_json(&name, policy, state)).into_response())
 }
 
 async fn list_endpoints(State(edge): State<Arc<Edge>>) -> Response {
