@@ -330,8 +330,11 @@ pub async fn run_controller(
                 };
                 entry.state.last_decision = label.to_owned();
                 entry.state.last_reason = reason.clone();
-                let weight = weight_for(&entry.policy, &entry.state);
-                entry.state.remember(weight);
+                // An ended rollout's waits say nothing new.
+                if label != "wait" || entry.state.phase == CanaryPhase::Progressing {
+                    let weight = weight_for(&entry.policy, &entry.state);
+                    entry.state.remember(weight);
+                }
                 metrics.canary_decision(name, label);
                 match decision {
                     Decision::Wait(_) => {}

@@ -68,6 +68,9 @@ pub enum Operation {
     Endpoints,
     /// Setting an endpoint's weights, commanding its canary rollout.
     EndpointControl,
+    /// The console page: static, embedded, holds no data (what it shows comes
+    /// from the API calls it makes with the caller's token).
+    Console,
     /// Verified by its HMAC signature instead of a token.
     MlflowWebhook,
     /// A path that matches no route (answered 404 to those allowed to ask).
@@ -78,7 +81,10 @@ impl Operation {
     /// The one table of who may call what: `None` = anyone (probes, the signed webhook).
     pub fn scope(self) -> Option<Scope> {
         match self {
-            Operation::ServerLive | Operation::ServerReady | Operation::MlflowWebhook => None,
+            Operation::ServerLive
+            | Operation::ServerReady
+            | Operation::MlflowWebhook
+            | Operation::Console => None,
             Operation::ModelLoad
             | Operation::ModelUnload
             | Operation::TraceSettings
@@ -283,7 +289,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_probes_and_the_signed_webhook_are_open_and_only_control_needs_admin() {
+    fn only_probes_the_static_console_and_the_signed_webhook_are_open_and_only_control_needs_admin()
+    {
         use Operation::*;
         let all = [
             ServerLive,
@@ -301,12 +308,13 @@ mod tests {
             LogSettings,
             Endpoints,
             EndpointControl,
+            Console,
             MlflowWebhook,
             Unknown,
         ];
         for operation in all {
             let expected = match operation {
-                ServerLive | ServerReady | MlflowWebhook => None,
+                ServerLive | ServerReady | MlflowWebhook | Console => None,
                 ModelLoad | ModelUnload | TraceSettings | LogSettings | EndpointControl => {
                     Some(Scope::Admin)
                 }

@@ -117,6 +117,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
             "/v2/endpoints/{endpoint}",
             op(Endpoints, get(get_endpoint)).merge(op(EndpointControl, put(put_endpoint))),
         )
+        .route("/console", op(Console, get(console)))
         .route("/v2/rollouts", op(Endpoints, get(list_rollouts)))
         .route("/v2/rollouts/{endpoint}", op(Endpoints, get(get_rollout)))
         .route(
@@ -729,6 +730,20 @@ fn endpoint_json(
             "state": canaries.get(&endpoint.name),
         })),
     })
+}
+
+/// The console page, embedded in the binary (no CDN, no build step).
+const CONSOLE_PAGE: &str = include_str!("console/index.html");
+
+async fn console() -> Response {
+    (
+        [
+            (http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        CONSOLE_PAGE,
+    )
+        .into_response()
 }
 
 /// A rollout: its endpoint, policy, phase, step, the canary's weight, each
