@@ -301,6 +301,14 @@ def test_metadata_on_both_protocols(server, triton_server, kind):
     assert [(t.name, t.datatype, list(t.shape)) for t in grpc.outputs] == want_outputs
     # The steps serve on their own too.
     assert ready(target, "normalize" if kind == "native" else "preprocess") == 200
+    # The configuration shows the steps as Triton's ensemble_scheduling, on both protocols.
+    steps = [s.model_name for s in grpcclient.InferenceServerClient(target.grpc).get_model_config(model)
+             .config.ensemble_scheduling.step]
+    assert steps == (["normalize", "mlp", "topk"] if kind == "native" else ["preprocess", "mlp", "postprocess"]), steps
+    config = httpclient.InferenceServerClient(target.http).get_model_config(model)
+    assert [s["model_name"] for s in config["ensemble_scheduling"]["step"]] == steps, config
+    first = config["ensemble_scheduling"]["step"][0]
+    assert first["model_version"] == -1 and list(first["input_map"]) == ["raw"], first
 
 
 # ---------- wiring: fan-out, fan-in, conditions ----------
