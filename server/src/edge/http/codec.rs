@@ -267,6 +267,17 @@ fn decode_json_data(
         .element_size()
         .map_or(0, |size| size.saturating_mul(expected));
     let mut buf = BytesMut::with_capacity(capacity.min(64 << 20));
+    // Plain numbers (nearly every request) are read by the fast scanner; anything
+    // else, or anything it doubts, goes through serde for the exact error message.
+    if let Some(count) = fast_numbers(raw.get(), datatype, &mut buf) {
+        if count != expected {
+            return Err(ApiError::invalid(format!(
+                "input `{name}`: shape {shape:?} has {expected} elements, but `data` holds {count}"
+            )));
+        }
+        return Ok(Tensor::new(name, datatype, shape.to_vec(), buf.freeze())?);
+    }
+    buf.clear();
     let mut count = 0usize;
     let mut deserializer = serde_json::Deserializer::from_str(raw.get());
     FlatData {
@@ -282,6 +293,130 @@ fn decode_json_data(
         )));
     }
     Ok(Tensor::new(name, datatype, shape.to_vec(), buf.freeze())?)
+}
+
+/// Reads numeric `data` (one number, or arrays of them nested any way) straight
+/// into `out` in one scan: JSON's number grammar checked by hand, floats parsed
+/// by `fast-float2` (correctly rounded, straight to `f32` for FP32), integers
+/// range-checked. `None` for anything else (strings, booleans, a malformed or
+/// out-of-range number, deep nesting): the caller's serde path then reads it and
+/// says what is wrong.
+fn fast_numbers(text: &str, datatype: DataType, out: &mut BytesMut) -> Option<usize> {
+    if matches!(datatype, DataType::Bool | DataType::Bytes) {
+        return None;
+    }
+    let bytes = text.as_bytes();
+    let mut at = 0usize;
+    let mut depth = 0usize;
+    let mut count = 0usize;
+    // What may come next: a value (after `[` or `,`), or `,`/`]` after a value.
+    let mut want_value = true;
+    let mut just_opened = false;
+    loop {
+        while at < bytes.len() && matches!(bytes[at], b' ' | b'\t' | b'\n' | b'\r') {
+            at += 1;
+        }
+        if at == bytes.len() {
+            return (depth == 0 && !want_value).then_some(count);
+        }
+        match bytes[at] {
+            b'[' if want_value => {
+                depth += 1;
+                if depth > 32 {
+                    return None;
+                }
+                at += 1;
+                just_opened = true;
+            }
+            b']' if depth > 0 && (!want_value || just_opened) => {
+                depth -= 1;
+                at += 1;
+                want_value = false;
+                just_opened = false;
+            }
+            b',' if depth > 0 && !want_value => {
+                at += 1;
+                want_value = true;
+                just_opened = false;
+            }
+            b'-' | b'0'..=b'9' if want_value => {
+                let end = at + json_number_len(&bytes[at..])?;
+                push_number(&text[at..end], datatype, out)?;
+                count += 1;
+                at = end;
+                want_value = false;
+                just_opened = false;
+            }
+            _ => return None,
+        }
+        if depth == 0 && !want_value {
+            // One top-level value only: the rest must be blank.
+            return bytes[at..]
+                .iter()
+                .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+                .then_some(count);
+        }
+    }
+}
+
+/// The length of the JSON number at the start of `bytes`:
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`; `None` if it is not one.
+fn json_number_len(bytes: &[u8]) -> Option<usize> {
+    let digits = |from: usize| {
+        bytes[from..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
+    };
+    let mut at = usize::from(bytes.first() == Some(&b'-'));
+    match bytes.get(at)? {
+        b'0' => at += 1,
+        b'1'..=b'9' => at += digits(at),
+        _ => return None,
+    }
+    if bytes.get(at) == Some(&b'.') {
+        let fraction = digits(at + 1);
+        if fraction == 0 {
+            return None;
+        }
+        at += 1 + fraction;
+    }
+    if matches!(bytes.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(bytes.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        let exponent = digits(at);
+        if exponent == 0 {
+            return None;
+        }
+        at += exponent;
+    }
+    Some(at)
+}
+
+/// Appends one number in `datatype`'s little-endian layout (`None`: let serde say why not).
+fn push_number(number: &str, datatype: DataType, out: &mut BytesMut) -> Option<()> {
+    let integral = !number.contains(['.', 'e', 'E']);
+    match datatype {
+        DataType::Fp32 => out.put_f32_le(fast_float2::parse::<f32, _>(number).ok()?),
+        DataType::Fp64 => out.put_f64_le(fast_float2::parse::<f64, _>(number).ok()?),
+        DataType::Fp16 => out.put_u16_le(f16::from_f64(fast_float2::parse(number).ok()?).to_bits()),
+        DataType::Bf16 => {
+            out.put_u16_le(bf16::from_f64(fast_float2::parse(number).ok()?).to_bits())
+        }
+        _ if !integral => return None,
+        DataType::Int8 => out.put_i8(number.parse().ok()?),
+        DataType::Int16 => out.put_i16_le(number.parse().ok()?),
+        DataType::Int32 => out.put_i32_le(number.parse().ok()?),
+        DataType::Int64 => out.put_i64_le(number.parse().ok()?),
+        DataType::Uint8 => out.put_u8(number.parse().ok()?),
+        DataType::Uint16 => out.put_u16_le(number.parse().ok()?),
+        DataType::Uint32 => out.put_u32_le(number.parse().ok()?),
+        DataType::Uint64 => out.put_u64_le(number.parse().ok()?),
+        DataType::Bool | DataType::Bytes => return None,
+    }
+    Some(())
 }
 
 /// Reads `data` (flat or nested arrays, or one scalar) straight into a buffer.
@@ -572,6 +707,134 @@ pub fn encode_response(
         body: buf.freeze(),
         json_length: Some(json_length),
     })
+}
+
+#[cfg(test)]
+mod fast_numbers_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The serde path's answer: the buffer and count, or that it refuses.
+    fn by_serde(text: &str, datatype: DataType) -> Option<(Vec<u8>, usize)> {
+        let mut out = BytesMut::new();
+        let mut count = 0;
+        let mut de = serde_json::Deserializer::from_str(text);
+        FlatData {
+            datatype,
+            out: &mut out,
+            count: &mut count,
+        }
+        .deserialize(&mut de)
+        .ok()?;
+        de.end().ok()?;
+        Some((out.to_vec(), count))
+    }
+
+    fn by_scanner(text: &str, datatype: DataType) -> Option<(Vec<u8>, usize)> {
+        let mut out = BytesMut::new();
+        fast_numbers(text, datatype, &mut out).map(|count| (out.to_vec(), count))
+    }
+
+    const NUMERIC: [DataType; 12] = [
+        DataType::Fp32,
+        DataType::Fp64,
+        DataType::Fp16,
+        DataType::Bf16,
+        DataType::Int8,
+        DataType::Int16,
+        DataType::Int32,
+        DataType::Int64,
+        DataType::Uint8,
+        DataType::Uint16,
+        DataType::Uint32,
+        DataType::Uint64,
+    ];
+
+    /// A number as clients print them: plain, with exponents, signed, integral.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<f32>()
+                .prop_filter("finite", |x| x.is_finite())
+                .prop_map(|x| format!("{x}")),
+            any::<f64>()
+                .prop_filter("finite", |x| x.is_finite())
+                .prop_map(|x| format!("{x:e}")),
+            any::<f64>()
+                .prop_filter("finite", |x| x.is_finite())
+                .prop_map(|x| format!("{x}")),
+            any::<i64>().prop_map(|x| x.to_string()),
+            (0u8..=255).prop_map(|x| x.to_string()),
+            (-1000i32..1000, 0u32..40).prop_map(|(m, e)| format!("{m}.5E-{e}")),
+        ]
+    }
+
+    /// Arrays as clients nest them, with stray whitespace.
+    fn document() -> impl Strategy<Value = String> {
+        let leaf = number().boxed();
+        leaf.prop_recursive(3, 64, 8, |inner| {
+            (prop::collection::vec(inner, 0..8), " {0,2}").prop_map(|(items, pad)| {
+                format!("[{pad}{}{pad}]", items.join(&format!("{pad},{pad}")))
+            })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_scanner_reads_what_serde_reads(text in document(), pick in 0usize..12) {
+            let datatype = NUMERIC[pick];
+            match by_scanner(&text, datatype) {
+                // Accepted: exactly serde's bytes (FP32 straight from the decimal
+                // may round once where serde rounds twice; both are then within an ulp).
+                Some(got) if datatype == DataType::Fp32 => {
+                    let want = by_serde(&text, datatype);
+                    prop_assert!(want.is_some(), "the scanner accepted what serde refuses: {}", text);
+                    let want = want.unwrap();
+                    prop_assert_eq!(got.1, want.1);
+                    for (a, b) in got.0.chunks(4).zip(want.0.chunks(4)) {
+                        let (a, b) = (f32::from_le_bytes(a.try_into().unwrap()), f32::from_le_bytes(b.try_into().unwrap()));
+                        prop_assert!(a == b || (a.to_bits() as i64 - b.to_bits() as i64).abs() <= 1, "{} vs {} in {}", a, b, text);
+                    }
+                }
+                Some(got) => prop_assert_eq!(Some(got), by_serde(&text, datatype), "{}", text),
+                // Declined: serde decides (and words the error).
+                None => {}
+            }
+        }
+
+        #[test]
+        fn the_scanner_never_accepts_what_serde_refuses(text in "[\\[\\], 0-9eE+.\\-]{0,24}", pick in 0usize..12) {
+            let datatype = NUMERIC[pick];
+            if let Some(got) = by_scanner(&text, datatype) {
+                let want = by_serde(&text, datatype);
+                prop_assert!(want.is_some(), "accepted {:?}, which serde refuses", text);
+                if datatype != DataType::Fp32 {
+                    prop_assert_eq!(Some(got), want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_requests_take_the_scanner() {
+        assert_eq!(
+            by_scanner("[[1, 2.5], [-3e2, 0]]", DataType::Fp32)
+                .unwrap()
+                .1,
+            4
+        );
+        assert_eq!(by_scanner("[]", DataType::Int64).unwrap().1, 0);
+        assert_eq!(by_scanner(" 7 ", DataType::Uint8).unwrap().1, 1);
+        for declined in [
+            "[1,]", "[01]", "[1.]", "[NaN]", "[true]", "[\"a\"]", "[300]", "", "[1] 2", "[[1]",
+        ] {
+            let datatype = if declined == "[300]" {
+                DataType::Uint8
+            } else {
+                DataType::Fp32
+            };
+            assert!(by_scanner(declined, datatype).is_none(), "{declined}");
+        }
+    }
 }
 
 #[cfg(test)]
