@@ -128,30 +128,31 @@ dynamic_batching: {max_queue_delay_us: 500, preferred_batch_sizes: [32, 64, 128]
 """
 
 
-def plain_repository() -> Path:
-    """The bundled mlp without batching (the bundled config batches), in a repository of its own."""
-    repo = CACHE / "repo-plain"
+def mlp_repository(name: str, config: str | None) -> Path:
+    """The bundled mlp file with `config` (none: no config.yaml), in a repository of its own."""
+    repo = CACHE / name
     version = repo / "mlp" / "1"
     version.mkdir(parents=True, exist_ok=True)
     link = version / "model.onnx"
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(MODEL)
-    (repo / "mlp" / "config.yaml").unlink(missing_ok=True)
+    config_file = repo / "mlp" / "config.yaml"
+    if config is None:
+        config_file.unlink(missing_ok=True)
+    else:
+        config_file.write_text(config)
     return repo
+
+
+def plain_repository() -> Path:
+    """The mlp without batching (the bundled config batches)."""
+    return mlp_repository("repo-plain", None)
 
 
 def batching_repository() -> Path:
-    """The bundled mlp with dynamic batching switched on, in a repository of its own."""
-    repo = CACHE / "repo-batching"
-    version = repo / "mlp" / "1"
-    version.mkdir(parents=True, exist_ok=True)
-    link = version / "model.onnx"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(MODEL)
-    (repo / "mlp" / "config.yaml").write_text(BATCHING_CONFIG)
-    return repo
+    """The mlp with dynamic batching switched on."""
+    return mlp_repository("repo-batching", BATCHING_CONFIG)
 
 
 def start_switchyard(core: int, extra: list[str], repository: Path | None = None, name: str = "switchyard") -> Server:

@@ -52,6 +52,20 @@ TRITON_DTYPES = {
 }
 
 
+def triton_inputs(client_module, inputs: dict[str, np.ndarray], binary_data: bool | None = None) -> list:
+    """tritonclient InferInputs (of `tritonclient.http` or `.grpc`) for `inputs`;
+    `binary_data` is HTTP's choice of the binary extension."""
+    tensors = []
+    for name, value in inputs.items():
+        tensor = client_module.InferInput(name, list(value.shape), TRITON_DTYPES[value.dtype])
+        if binary_data is None:
+            tensor.set_data_from_numpy(value)
+        else:
+            tensor.set_data_from_numpy(value, binary_data=binary_data)
+        tensors.append(tensor)
+    return tensors
+
+
 def assert_output_matches(name: str, got: np.ndarray, want: np.ndarray) -> None:
     assert got is not None, f"output {name} missing"
     assert tuple(got.shape) == tuple(want.shape), f"{name}: shape {got.shape} != {want.shape}"

@@ -8,7 +8,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from reference import TRITON_DTYPES, assert_output_matches, expected, inputs_for
+from reference import TRITON_DTYPES, assert_output_matches, expected, inputs_for, triton_inputs
 
 MODELS = ["mlp", "iris", "typed"]
 BATCHES = [1, 7, 64]
@@ -18,22 +18,14 @@ PROTOCOLS = ["http-json", "http-binary", "grpc"]
 def infer(server, protocol: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None):
     if protocol == "grpc":
         client = grpcclient.InferenceServerClient(server.grpc)
-        tensors = []
-        for name, value in inputs.items():
-            tensor = grpcclient.InferInput(name, list(value.shape), TRITON_DTYPES[value.dtype])
-            tensor.set_data_from_numpy(value)
-            tensors.append(tensor)
+        tensors = triton_inputs(grpcclient, inputs)
         requested = [grpcclient.InferRequestedOutput(n) for n in outputs] if outputs else None
         result = client.infer(model, tensors, outputs=requested, request_id="req-42")
         assert result.get_response().id == "req-42"
         return result
     binary = protocol == "http-binary"
     client = httpclient.InferenceServerClient(server.http)
-    tensors = []
-    for name, value in inputs.items():
-        tensor = httpclient.InferInput(name, list(value.shape), TRITON_DTYPES[value.dtype])
-        tensor.set_data_from_numpy(value, binary_data=binary)
-        tensors.append(tensor)
+    tensors = triton_inputs(httpclient, inputs, binary)
     requested = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs] if outputs else None
     result = client.infer(model, tensors, outputs=requested, request_id="req-42")
     assert result.get_response()["id"] == "req-42"

@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import MODELS, Server
 from lifecycle_helpers import index, make_models, wait_for, write_version
-from reference import TRITON_DTYPES, session
+from reference import session, triton_inputs
 
 POLL = ["--repository-poll-interval", "200ms"]
 PROTOCOLS = ["http-json", "http-binary", "grpc"]
@@ -95,11 +95,7 @@ def infer(server, protocol: str, model: str, inputs: dict[str, np.ndarray], outp
     (HTTP JSON needs `outputs`: with none named tritonclient asks for binary.)"""
     if protocol == "grpc":
         client = grpcclient.InferenceServerClient(server.grpc)
-        tensors = []
-        for name, value in inputs.items():
-            tensor = grpcclient.InferInput(name, list(value.shape), TRITON_DTYPES[value.dtype])
-            tensor.set_data_from_numpy(value)
-            tensors.append(tensor)
+        tensors = triton_inputs(grpcclient, inputs)
         requested = [grpcclient.InferRequestedOutput(n) for n in outputs] if outputs else None
         try:
             result = client.infer(model, tensors, outputs=requested, parameters=parameters)
@@ -110,11 +106,7 @@ def infer(server, protocol: str, model: str, inputs: dict[str, np.ndarray], outp
         assert protocol == "http-binary" or outputs, "HTTP JSON: name the outputs"
         binary = protocol == "http-binary"
         client = httpclient.InferenceServerClient(server.http)
-        tensors = []
-        for name, value in inputs.items():
-            tensor = httpclient.InferInput(name, list(value.shape), TRITON_DTYPES[value.dtype])
-            tensor.set_data_from_numpy(value, binary_data=binary)
-            tensors.append(tensor)
+        tensors = triton_inputs(httpclient, inputs, binary)
         requested = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs] if outputs else None
         try:
             result = client.infer(model, tensors, outputs=requested, parameters=parameters)

@@ -518,18 +518,28 @@ pub async fn set_weights(
     canaries
         .yield_to_operator(endpoint, force, metrics)
         .map_err(|reason| ApiError::new(ErrorKind::Conflict, reason))?;
-    for variant in &updated.variants {
-        metrics.set_route_weight(endpoint, &variant.name, variant.weight);
-    }
     info!(endpoint, ?weights, "Endpoint weights set by an operator.");
+    publish_endpoint(&writer, metrics, updated);
+    Ok(())
+}
+
+/// Swaps one endpoint's new variants in (its weight gauges follow), as one catalog swap.
+fn publish_endpoint(
+    writer: &crate::serve::catalog::CatalogWriter<'_>,
+    metrics: &Metrics,
+    updated: crate::config::routes::Endpoint,
+) {
+    for variant in &updated.variants {
+        metrics.set_route_weight(&updated.name, &variant.name, variant.weight);
+    }
+    let current = writer.current();
     let mut routes = (*current.routes).clone();
     routes
         .endpoints
-        .insert(endpoint.to_owned(), Arc::new(updated));
+        .insert(updated.name.clone(), Arc::new(updated));
     let mut next = (*current).clone();
     next.routes = Arc::new(routes);
     writer.publish(next);
-    Ok(())
 }
 
 /// Sets a canary's share of its endpoint (the stable gets the rest), as one catalog swap.
@@ -544,16 +554,7 @@ async fn set_weight(catalog: &CatalogStore, metrics: &Metrics, endpoint: &str, p
     };
     let mut updated = (**existing).clone();
     set_canary_weight(&mut updated, &policy, percent);
-    for variant in &updated.variants {
-        metrics.set_route_weight(endpoint, &variant.name, variant.weight);
-    }
-    let mut routes = (*current.routes).clone();
-    routes
-        .endpoints
-        .insert(endpoint.to_owned(), Arc::new(updated));
-    let mut next = (*current).clone();
-    next.routes = Arc::new(routes);
-    writer.publish(next);
+    publish_endpoint(&writer, metrics, updated);
 }
 
 #[cfg(test)]
@@ -653,20 +654,9 @@ mod tests {
         let err = command(&mut state, CanaryCommand::Promote).unwrap_err();
         assert!(err.contains("already rolled back"), "{err}");
         // A paused rollout's weight stays where the rollout stood.
-        let policy = CanaryPolicy {
-            stable: "s".into(),
-            canary: "c".into(),
-            steps: vec![10.0, 50.0, 100.0],
-            interval: Duration::from_secs(1),
-            min_requests: 1,
-            min_success_rate: 99.0,
-            max_p99_ms: None,
-            max_p99_ratio: None,
-            failures_to_rollback: 1,
-        };
         let mut paused = CanaryState::new();
         paused.step = 1;
         command(&mut paused, CanaryCommand::Pause).unwrap();
-        assert_eq!(weight_for(&policy, &paused), 50.0);
+        assert_eq!(weight_for(&policy(), &paused), 50.0);
     }
 }

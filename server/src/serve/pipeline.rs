@@ -101,6 +101,10 @@ pub fn check_all(catalog: &Catalog) {
     }
 }
 
+fn names(specs: &[TensorSpec]) -> Vec<&str> {
+    specs.iter().map(|s| s.name.as_str()).collect()
+}
+
 /// Whether two full shapes can hold the same tensor (`-1` matches any size).
 fn shapes_fit(a: &[i64], b: &[i64]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| x < 0 || y < 0 || x == y)
@@ -191,12 +195,7 @@ fn check(catalog: &Catalog, pipeline: &ModelVersion, spec: &PipelineSpec) -> Res
                 .iter()
                 .map(|version| {
                     version.signature.output(name).cloned().ok_or_else(|| {
-                        let outputs: Vec<&str> = version
-                            .signature
-                            .outputs
-                            .iter()
-                            .map(|s| s.name.as_str())
-                            .collect();
+                        let outputs = names(&version.signature.outputs);
                         format!(
                             "{consumer} takes `{}`, which is never produced: model `{}` outputs {outputs:?}",
                             spec.describe(tensor),
@@ -239,12 +238,7 @@ fn check(catalog: &Catalog, pipeline: &ModelVersion, spec: &PipelineSpec) -> Res
             for (input, tensor) in &step.inputs {
                 let consumer = format!("step `{}` input `{input}`", step.name);
                 let wanted = version.signature.input(input).ok_or_else(|| {
-                    let inputs: Vec<&str> = version
-                        .signature
-                        .inputs
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect();
+                    let inputs = names(&version.signature.inputs);
                     format!("{consumer}: {model} has no input `{input}`; its inputs are {inputs:?}")
                 })?;
                 fits(
