@@ -397,7 +397,8 @@ fn json_number_len(bytes: &[u8]) -> Option<usize> {
 
 /// Appends one number in `datatype`'s little-endian layout (`None`: let serde say why not).
 fn push_number(number: &str, datatype: DataType, out: &mut BytesMut) -> Option<()> {
-    let integral = !number.contains(['.', 'e', 'E']);
+    // serde_json reads `-0` as a float, which integer tensors refuse: so do we.
+    let integral = !number.contains(['.', 'e', 'E']) && number != "-0";
     match datatype {
         DataType::Fp32 => out.put_f32_le(fast_float2::parse::<f32, _>(number).ok()?),
         DataType::Fp64 => out.put_f64_le(fast_float2::parse::<f64, _>(number).ok()?),
