@@ -46,6 +46,8 @@ pub struct Metrics {
     shadow_argmax_rows: IntCounterVec,
     canary_decisions: IntCounterVec,
     canary_weight: prometheus::GaugeVec,
+    rollout_phase: IntGaugeVec,
+    rollout_time: HistogramVec,
     routes_errors: prometheus::IntCounter,
     in_flight: IntGaugeVec,
     model_events: IntCounterVec,
@@ -125,8 +127,24 @@ pub const MODEL_EVENTS: [&str; 3] = ["swapped_in", "retired", "unloaded"];
 
 /// `switchyard_canary_decisions_total{decision}` values.
 /// `pause`, `resume` and `abort` are an operator's (the control API); `promote` either.
-pub const CANARY_DECISIONS: [&str; 8] = [
-    "wait", "hold", "step_up", "promote", "rollback", "pause", "resume", "abort",
+pub const CANARY_DECISIONS: [&str; 9] = [
+    "wait",
+    "hold",
+    "shadow_passed",
+    "step_up",
+    "promote",
+    "rollback",
+    "pause",
+    "resume",
+    "abort",
+];
+
+/// `switchyard_rollout_phase{phase}` values (`control::canary::PHASES`).
+pub const ROLLOUT_PHASES: [&str; 5] = ["shadow", "canary", "paused", "promoted", "rolled_back"];
+
+/// How long rollouts last: seconds to hours.
+const ROLLOUT_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0,
 ];
 
 /// The protocols requests are counted under.
@@ -436,6 +454,21 @@ impl Metrics {
             ),
             &["endpoint", "decision"],
         )?;
+        let rollout_phase = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_rollout_phase",
+                "1 for each rollout's current phase (shadow, canary, paused, promoted, rolled_back), else 0.",
+            ),
+            &["rollout", "phase"],
+        )?;
+        let rollout_time = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_rollout_duration_seconds",
+                "Time from a rollout's start (a model version loaded and warm, or a route file's canary) to its promotion or rollback.",
+            )
+            .buckets(ROLLOUT_BUCKETS.to_vec()),
+            &["rollout", "outcome"],
+        )?;
         let canary_weight = prometheus::GaugeVec::new(
             Opts::new(
                 "switchyard_route_weight",
@@ -520,6 +553,8 @@ impl Metrics {
         registry.register(Box::new(shadow_argmax_rows.clone()))?;
         registry.register(Box::new(canary_decisions.clone()))?;
         registry.register(Box::new(canary_weight.clone()))?;
+        registry.register(Box::new(rollout_phase.clone()))?;
+        registry.register(Box::new(rollout_time.clone()))?;
         registry.register(Box::new(routes_errors.clone()))?;
         registry.register(Box::new(model_loads.clone()))?;
         registry.register(Box::new(model_load_time.clone()))?;
@@ -560,6 +595,8 @@ impl Metrics {
             shadow_argmax_rows,
             canary_decisions,
             canary_weight,
+            rollout_phase,
+            rollout_time,
             routes_errors,
             in_flight,
             model_events,
@@ -595,7 +632,34 @@ impl Metrics {
                     .canary_decisions
                     .with_label_values(&[endpoint, decision]);
             }
+            self.expose_rollout(endpoint);
         }
+    }
+
+    /// A rollout's series at zero (a model's from its first load, so that a
+    /// dashboard has them before any version arrives).
+    pub fn expose_rollout(&self, rollout: &str) {
+        for phase in ROLLOUT_PHASES {
+            let _ = self.rollout_phase.with_label_values(&[rollout, phase]);
+        }
+        for outcome in ["promoted", "rolled_back"] {
+            let _ = self.rollout_time.with_label_values(&[rollout, outcome]);
+        }
+    }
+
+    /// Marks `phase` as the rollout's current one.
+    pub fn set_rollout_phase(&self, rollout: &str, phase: &str) {
+        for each in ROLLOUT_PHASES {
+            self.rollout_phase
+                .with_label_values(&[rollout, each])
+                .set(i64::from(each == phase));
+        }
+    }
+
+    pub fn observe_rollout(&self, rollout: &str, outcome: &str, took: Duration) {
+        self.rollout_time
+            .with_label_values(&[rollout, outcome])
+            .observe(took.as_secs_f64());
     }
 
     /// A pipeline step's series: its successes exposed at zero when the pipeline loads.

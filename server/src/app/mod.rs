@@ -19,8 +19,8 @@ use tracing::{info, warn};
 
 use crate::config::model::ConfigDefaults;
 use crate::control::Control;
-use crate::control::canary::Canaries;
 use crate::control::lifecycle::Lifecycle;
+use crate::control::rollouts::Rollouts;
 use crate::control::source::Source;
 use crate::edge::auth::Tokens;
 use crate::edge::conn::{Admission, TcpIncoming, serve_http};
@@ -105,7 +105,7 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
     let edge = Edge::new(
         serving,
         control.clone(),
-        Canaries::new(),
+        Rollouts::new(),
         EdgeSettings {
             tokens: settings.tokens,
             max_request_bytes: settings.max_request_bytes,
@@ -222,8 +222,8 @@ pub async fn serve(
         serving.traffic.clone(),
         close.clone(),
     ));
-    tasks.spawn(crate::control::canary::run_controller(
-        app.edge.canaries.clone(),
+    tasks.spawn(crate::control::rollouts::run_controller(
+        app.edge.rollouts.clone(),
         serving.catalog.clone(),
         serving.traffic.clone(),
         serving.metrics.clone(),

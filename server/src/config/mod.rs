@@ -6,6 +6,7 @@
 //! - `pbtxt`: protobuf text format, as Triton writes it
 //! - `pipeline`: composed models (native pipelines, Triton ensembles) and their graph
 //! - `routes`: the route file (endpoints, variants, shadows, canary policies)
+//! - `rollout`: a model's rollout policy (how a new version earns its traffic)
 //! - `file`: the size, encoding and nesting bounds every config file meets
 //! - `names`: which model and endpoint names are accepted
 
@@ -15,4 +16,5 @@ pub mod model;
 pub mod names;
 pub mod pbtxt;
 pub mod pipeline;
+pub mod rollout;
 pub mod routes;

@@ -63,7 +63,7 @@ struct RawShadow {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTolerance {
+pub(crate) struct RawTolerance {
     abs: Option<f64>,
     rel: Option<f64>,
 }
@@ -97,7 +97,7 @@ fn default_failures() -> u32 {
 }
 
 /// `interval: 30s` in YAML, read with humantime.
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
@@ -148,6 +148,10 @@ pub struct Shadow {
     pub percent: f64,
     /// When a floating-point shadow output agrees with the stable one.
     pub tolerance: Tolerance,
+    /// The traffic window its results are recorded in: the endpoint's name,
+    /// or one per model rollout (a late copy of an earlier one is not judged).
+    #[serde(skip)]
+    pub window: String,
 }
 
 /// Two floats agree when |a − b| ≤ abs + rel × |a| (numpy's `isclose`);
@@ -179,6 +183,60 @@ pub struct CanaryPolicy {
     pub max_p99_ms: Option<f64>,
     pub max_p99_ratio: Option<f64>,
     pub failures_to_rollback: u32,
+}
+
+impl CanaryPolicy {
+    /// Refuses steps, intervals and gates the controller cannot judge.
+    pub(crate) fn check(&self, owner: &str) -> Result<(), String> {
+        if self.steps.is_empty()
+            || self.steps.iter().any(|s| !(*s > 0.0 && *s <= 100.0))
+            || self.steps.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(format!(
+                "{owner}: canary steps must rise strictly within (0, 100], got {:?}",
+                self.steps
+            ));
+        }
+        if self.interval < Duration::from_millis(10) {
+            return Err(format!("{owner}: canary interval must be at least 10ms"));
+        }
+        if !(0.0..=100.0).contains(&self.min_success_rate) {
+            return Err(format!("{owner}: min_success_rate is a percentage"));
+        }
+        if let Some(ratio) = self.max_p99_ratio
+            && (ratio.is_nan() || ratio < MIN_P99_RATIO)
+        {
+            return Err(format!(
+                "{owner}: max_p99_ratio {ratio} is finer than the latency windows resolve: each p99 is known to within {:.0}%, so identical traffic can differ by up to {:.3}×; use {MIN_P99_RATIO} or more",
+                (LATENCY_BUCKET_GROWTH - 1.0) * 100.0,
+                LATENCY_BUCKET_GROWTH * LATENCY_BUCKET_GROWTH
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Tolerance {
+    /// A tolerance as written (either part may be left to its default).
+    pub(crate) fn from_raw(raw: Option<RawTolerance>, owner: &str) -> Result<Self, String> {
+        let defaults = Tolerance::default();
+        let tolerance = match raw {
+            None => defaults,
+            Some(t) => Tolerance {
+                abs: t.abs.unwrap_or(defaults.abs),
+                rel: t.rel.unwrap_or(defaults.rel),
+            },
+        };
+        if [tolerance.abs, tolerance.rel]
+            .iter()
+            .any(|t| t.is_nan() || *t < 0.0)
+        {
+            return Err(format!(
+                "{owner}: tolerance `abs` and `rel` are non-negative numbers"
+            ));
+        }
+        Ok(tolerance)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -277,31 +335,7 @@ pub fn parse(text: &str, models: &BTreeSet<String>) -> Result<RouteTable, String
                         "{owner}: canary and stable must be different variants"
                     ));
                 }
-                if c.steps.is_empty()
-                    || c.steps.iter().any(|s| !(*s > 0.0 && *s <= 100.0))
-                    || c.steps.windows(2).any(|w| w[0] >= w[1])
-                {
-                    return Err(format!(
-                        "{owner}: canary steps must rise strictly within (0, 100], got {:?}",
-                        c.steps
-                    ));
-                }
-                if c.interval < Duration::from_millis(10) {
-                    return Err(format!("{owner}: canary interval must be at least 10ms"));
-                }
-                if !(0.0..=100.0).contains(&c.min_success_rate) {
-                    return Err(format!("{owner}: min_success_rate is a percentage"));
-                }
-                if let Some(ratio) = c.max_p99_ratio
-                    && (ratio.is_nan() || ratio < MIN_P99_RATIO)
-                {
-                    return Err(format!(
-                        "{owner}: max_p99_ratio {ratio} is finer than the latency windows resolve: each p99 is known to within {:.0}%, so identical traffic can differ by up to {:.3}×; use {MIN_P99_RATIO} or more",
-                        (LATENCY_BUCKET_GROWTH - 1.0) * 100.0,
-                        LATENCY_BUCKET_GROWTH * LATENCY_BUCKET_GROWTH
-                    ));
-                }
-                Some(CanaryPolicy {
+                let policy = CanaryPolicy {
                     stable: c.stable,
                     canary: c.canary,
                     steps: c.steps,
@@ -311,7 +345,9 @@ pub fn parse(text: &str, models: &BTreeSet<String>) -> Result<RouteTable, String
                     max_p99_ms: c.max_p99_ms,
                     max_p99_ratio: c.max_p99_ratio,
                     failures_to_rollback: c.failures_to_rollback.max(1),
-                })
+                };
+                policy.check(&owner)?;
+                Some(policy)
             }
         };
         let total: f64 = variants.iter().map(|v| v.weight).sum();
@@ -338,23 +374,9 @@ pub fn parse(text: &str, models: &BTreeSet<String>) -> Result<RouteTable, String
                 if !(0.0..=100.0).contains(&s.percent) {
                     return Err(format!("{owner}: shadow percent must be 0–100"));
                 }
-                let defaults = Tolerance::default();
-                let tolerance = match s.tolerance {
-                    None => defaults,
-                    Some(t) => Tolerance {
-                        abs: t.abs.unwrap_or(defaults.abs),
-                        rel: t.rel.unwrap_or(defaults.rel),
-                    },
-                };
-                if [tolerance.abs, tolerance.rel]
-                    .iter()
-                    .any(|t| t.is_nan() || *t < 0.0)
-                {
-                    return Err(format!(
-                        "{owner}: shadow tolerance `abs` and `rel` are non-negative numbers"
-                    ));
-                }
+                let tolerance = Tolerance::from_raw(s.tolerance, &owner)?;
                 Some(Shadow {
+                    window: name.clone(),
                     target: s.target.validate(&format!("{owner}, shadow"), models)?,
                     percent: s.percent,
                     tolerance,

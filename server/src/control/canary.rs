@@ -1,21 +1,16 @@
-//! Automated canary rollouts: the rule (`evaluate`, pure and unit-tested:
-//! judge one interval of the canary's outcomes against the policy and the
-//! stable's, then wait, hold, step up, promote or roll back) and the
-//! controller task that applies it to every endpoint with a canary policy,
-//! writing new weights through the catalog store (one swap each).
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+//! The rollout rules, pure and unit-tested: `evaluate_shadow` judges one
+//! interval of a candidate's shadow answers (its success and its agreement
+//! with the stable answers) and `evaluate` one interval of a canary's live
+//! outcomes against the stable's; each waits, holds, moves on, promotes or
+//! rolls back. `command` applies an operator's pause, resume, abort or
+//! promote. `control::rollouts` runs them.
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
-use crate::config::routes::{CanaryPolicy, set_canary_weight};
-use crate::metrics::Metrics;
-use crate::serve::catalog::CatalogStore;
-use crate::serve::traffic::{Traffic, WindowSnapshot};
+use crate::config::rollout::ShadowGate;
+use crate::config::routes::CanaryPolicy;
+use crate::serve::agreement::Agreement;
+use crate::serve::traffic::WindowSnapshot;
 
 /// Where a canary rollout stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,7 +45,7 @@ impl CanaryCommand {
         }
     }
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             CanaryCommand::Pause => "pause",
             CanaryCommand::Resume => "resume",
@@ -88,9 +83,20 @@ pub fn command(state: &mut CanaryState, command: CanaryCommand) -> Result<(), St
     Ok(())
 }
 
+/// Which gates a progressing rollout is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The candidate answers copies only; its outputs are compared.
+    Shadow,
+    /// The candidate answers its weight's share of live requests.
+    Canary,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CanaryState {
     pub phase: CanaryPhase,
+    pub stage: Stage,
     /// Index into the policy's steps.
     pub step: usize,
     pub failed_checks: u32,
@@ -98,6 +104,9 @@ pub struct CanaryState {
     pub last_reason: String,
     pub last_canary: WindowSnapshot,
     pub last_stable: WindowSnapshot,
+    /// The shadow phase's last interval: the candidate's copies and how they agreed.
+    pub last_shadow: Option<WindowSnapshot>,
+    pub last_agreement: Option<Agreement>,
     /// Decisions, oldest first (the last `HISTORY` of them; repeated waits once).
     pub history: std::collections::VecDeque<CanaryEvent>,
 }
@@ -112,29 +121,39 @@ pub struct CanaryEvent {
     pub at_ms: u64,
     pub decision: String,
     pub reason: String,
-    /// The canary's weight after the decision.
+    /// The canary's weight and the stage after the decision.
     pub canary_weight: f64,
+    pub stage: Stage,
     pub canary: WindowSnapshot,
     pub stable: WindowSnapshot,
+    /// Set for decisions judged on the shadow's copies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<WindowSnapshot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<Agreement>,
 }
 
 impl CanaryState {
-    pub fn new() -> Self {
+    /// A rollout at its start: in the shadow stage when it has one.
+    pub fn new(shadow: bool) -> Self {
         CanaryState {
             phase: CanaryPhase::Progressing,
+            stage: if shadow { Stage::Shadow } else { Stage::Canary },
             step: 0,
             failed_checks: 0,
             last_decision: "started".to_owned(),
             last_reason: String::new(),
             last_canary: WindowSnapshot::default(),
             last_stable: WindowSnapshot::default(),
+            last_shadow: None,
+            last_agreement: None,
             history: std::collections::VecDeque::new(),
         }
     }
 
     /// Appends the last decision to the history (a wait repeating the one
     /// before it only once).
-    fn remember(&mut self, canary_weight: f64) {
+    pub fn remember(&mut self, canary_weight: f64) {
         if self.last_decision == "wait"
             && self
                 .history
@@ -146,6 +165,7 @@ impl CanaryState {
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
+        let judged_in_shadow = self.stage == Stage::Shadow || self.last_decision == "shadow_passed";
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -154,15 +174,20 @@ impl CanaryState {
             decision: self.last_decision.clone(),
             reason: self.last_reason.clone(),
             canary_weight,
+            stage: self.stage,
             canary: self.last_canary,
             stable: self.last_stable,
+            shadow: judged_in_shadow.then_some(self.last_shadow).flatten(),
+            agreement: judged_in_shadow
+                .then(|| self.last_agreement.clone())
+                .flatten(),
         });
     }
 }
 
 impl Default for CanaryState {
     fn default() -> Self {
-        Self::new()
+        Self::new(false)
     }
 }
 
@@ -174,8 +199,130 @@ pub enum Decision {
     /// Checks failed, but not often enough yet to roll back.
     Hold(String),
     StepUp(f64),
+    /// The shadow's answers passed: the canary starts at this weight.
+    ShadowPassed(f64),
     Promote,
     Rollback(String),
+}
+
+/// The shadow rule: once the candidate has answered `min_requests` copies in
+/// an interval, judge its success rate and how its outputs agreed with the
+/// stable answers to the same requests (each output's gates); pass → the
+/// canary's first step, fail `failures_to_rollback` times in a row → roll back.
+pub fn evaluate_shadow(
+    gate: &ShadowGate,
+    policy: &CanaryPolicy,
+    state: &mut CanaryState,
+    shadow: WindowSnapshot,
+    agreement: Agreement,
+) -> Decision {
+    state.last_shadow = Some(shadow);
+    if state.phase != CanaryPhase::Progressing || state.stage != Stage::Shadow {
+        state.last_agreement = Some(agreement);
+        return Decision::Wait(format!("rollout already {:?}", state.phase));
+    }
+    if shadow.total() < gate.min_requests {
+        state.last_agreement = Some(agreement);
+        return Decision::Wait(format!(
+            "shadow answered {} copies this interval; {} needed to judge",
+            shadow.total(),
+            gate.min_requests
+        ));
+    }
+    let mut problems = Vec::new();
+    if shadow.success_rate() < gate.min_success_rate {
+        problems.push(format!(
+            "shadow success rate {:.2}% < {:.2}%",
+            shadow.success_rate(),
+            gate.min_success_rate
+        ));
+    }
+    if agreement.compared == 0 && problems.is_empty() {
+        state.last_agreement = Some(agreement);
+        return Decision::Wait(
+            "no shadow answer could be compared (the stable answers failed)".to_owned(),
+        );
+    }
+    if agreement.compared > 0 && agreement.agreement_rate() < gate.min_agreement {
+        problems.push(format!(
+            "outputs agree on {:.2}% of {} compared requests < {:.2}% (tolerance abs {}, rel {})",
+            agreement.agreement_rate(),
+            agreement.compared,
+            gate.min_agreement,
+            gate.tolerance.abs,
+            gate.tolerance.rel
+        ));
+    }
+    for (name, output) in &agreement.outputs {
+        if output.mismatched > 0 {
+            problems.push(format!(
+                "output `{name}`: datatype or shape differs (or missing) in {} of {} requests",
+                output.mismatched, output.compared
+            ));
+        }
+        if let (Some(max), Some(seen)) = (gate.max_abs_difference, output.max_abs_diff)
+            && seen > max
+        {
+            problems.push(format!(
+                "output `{name}`: max |difference| {seen:.3e} > {max:.3e}"
+            ));
+        }
+        if let (Some(max), Some(seen)) = (gate.max_mean_abs_difference, output.mean_abs_diff)
+            && seen > max
+        {
+            problems.push(format!(
+                "output `{name}`: mean |difference| {seen:.3e} > {max:.3e}"
+            ));
+        }
+        if let Some(min) = gate.min_argmax_agreement
+            && output.argmax_rows > 0
+        {
+            let rate = output.argmax_same as f64 * 100.0 / output.argmax_rows as f64;
+            if rate < min {
+                problems.push(format!(
+                    "output `{name}`: argmax agrees on {rate:.2}% of {} rows < {min:.2}%",
+                    output.argmax_rows
+                ));
+            }
+        }
+    }
+    state.last_agreement = Some(agreement);
+    if !problems.is_empty() {
+        state.failed_checks += 1;
+        let reason = problems.join("; ");
+        if state.failed_checks >= gate.failures_to_rollback {
+            state.phase = CanaryPhase::RolledBack;
+            return Decision::Rollback(format!("in the shadow phase: {reason}"));
+        }
+        return Decision::Hold(reason);
+    }
+    state.failed_checks = 0;
+    state.stage = Stage::Canary;
+    state.step = 0;
+    Decision::ShadowPassed(policy.steps[0])
+}
+
+/// The candidate's own breaker is open (its runs keep failing), so no request
+/// reaches it to be judged: a failed check, whatever the windows hold.
+pub fn candidate_unhealthy(
+    failures_to_rollback: u32,
+    state: &mut CanaryState,
+    reason: &str,
+) -> Decision {
+    if state.phase != CanaryPhase::Progressing {
+        return Decision::Wait(format!("rollout already {:?}", state.phase));
+    }
+    state.failed_checks += 1;
+    let stage = match state.stage {
+        Stage::Shadow => "shadow",
+        Stage::Canary => "canary",
+    };
+    let reason = format!("the candidate is unhealthy in the {stage} phase: {reason}");
+    if state.failed_checks >= failures_to_rollback {
+        state.phase = CanaryPhase::RolledBack;
+        return Decision::Rollback(reason);
+    }
+    Decision::Hold(reason)
 }
 
 /// The canary rule: judge the canary against the policy (and the stable's
@@ -189,7 +336,7 @@ pub fn evaluate(
 ) -> Decision {
     state.last_canary = canary;
     state.last_stable = stable;
-    if state.phase != CanaryPhase::Progressing {
+    if state.phase != CanaryPhase::Progressing || state.stage != Stage::Canary {
         return Decision::Wait(format!("rollout already {:?}", state.phase));
     }
     if canary.total() < policy.min_requests {
@@ -239,132 +386,10 @@ pub fn evaluate(
     Decision::StepUp(policy.steps[state.step])
 }
 
-struct CanaryEntry {
-    policy: CanaryPolicy,
-    state: CanaryState,
-    last_check: Instant,
-}
-
-impl CanaryEntry {
-    /// A rollout starting at its first step (its history begins with `started`).
-    fn start(policy: &CanaryPolicy) -> Self {
-        let mut state = CanaryState::new();
-        state.remember(weight_for(policy, &state));
-        CanaryEntry {
-            policy: policy.clone(),
-            state,
-            last_check: Instant::now(),
-        }
-    }
-}
-
-/// Checks every canary rollout once per its interval and moves weights.
-pub async fn run_controller(
-    rollouts: Arc<Canaries>,
-    catalog: Arc<CatalogStore>,
-    traffic: Arc<Traffic>,
-    metrics: Metrics,
-    cancel: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-        let snapshot = catalog.snapshot();
-        let mut updates: Vec<(String, f64)> = Vec::new();
-        {
-            let Ok(mut canaries) = rollouts.entries.lock() else {
-                break;
-            };
-            canaries.retain(|name, _| {
-                snapshot
-                    .routes
-                    .endpoints
-                    .get(name)
-                    .is_some_and(|e| e.canary.is_some())
-            });
-            for (name, endpoint) in &snapshot.routes.endpoints {
-                let Some(policy) = &endpoint.canary else {
-                    continue;
-                };
-                let entry = canaries
-                    .entry(name.clone())
-                    .or_insert_with(|| CanaryEntry::start(policy));
-                if &entry.policy != policy {
-                    info!(endpoint = %name, "Canary policy changed; the rollout starts over.");
-                    *entry = CanaryEntry::start(policy);
-                }
-                if entry.state.phase == CanaryPhase::Paused {
-                    // Traffic seen while paused is not judged after a resume.
-                    traffic.window(name, &policy.stable).take();
-                    traffic.window(name, &policy.canary).take();
-                    entry.last_check = Instant::now();
-                    continue;
-                }
-                let wanted = weight_for(&entry.policy, &entry.state);
-                let current = endpoint
-                    .variants
-                    .iter()
-                    .find(|v| v.name == policy.canary)
-                    .map(|v| v.weight);
-                if current != Some(wanted) {
-                    // A reloaded route file restarts at step 0; keep the rollout where it is.
-                    updates.push((name.clone(), wanted));
-                }
-                if entry.last_check.elapsed() < policy.interval {
-                    continue;
-                }
-                entry.last_check = Instant::now();
-                let stable = traffic.window(name, &policy.stable).take();
-                let canary = traffic.window(name, &policy.canary).take();
-                let decision = evaluate(policy, &mut entry.state, stable, canary);
-                let (label, reason) = match &decision {
-                    Decision::Wait(reason) => ("wait", reason.clone()),
-                    Decision::Hold(reason) => ("hold", reason.clone()),
-                    Decision::StepUp(to) => {
-                        ("step_up", format!("checks passed; canary weight → {to}%"))
-                    }
-                    Decision::Promote => ("promote", "every step passed".to_owned()),
-                    Decision::Rollback(reason) => ("rollback", reason.clone()),
-                };
-                entry.state.last_decision = label.to_owned();
-                entry.state.last_reason = reason.clone();
-                // An ended rollout's waits say nothing new.
-                if label != "wait" || entry.state.phase == CanaryPhase::Progressing {
-                    let weight = weight_for(&entry.policy, &entry.state);
-                    entry.state.remember(weight);
-                }
-                metrics.canary_decision(name, label);
-                match decision {
-                    Decision::Wait(_) => {}
-                    Decision::Hold(_) => {
-                        warn!(endpoint = %name, %reason, "Canary check failed; holding.")
-                    }
-                    Decision::Rollback(_) => {
-                        warn!(endpoint = %name, %reason, "Canary rolled back: all traffic to the stable variant.");
-                        updates.push((name.clone(), 0.0));
-                    }
-                    Decision::StepUp(to) => {
-                        info!(endpoint = %name, weight = to, "Canary stepped up.");
-                        updates.push((name.clone(), to));
-                    }
-                    Decision::Promote => {
-                        info!(endpoint = %name, "Canary promoted: it now takes all traffic.");
-                        updates.push((name.clone(), 100.0));
-                    }
-                }
-            }
-        }
-        for (endpoint, weight) in updates {
-            set_weight(&catalog, &metrics, &endpoint, weight).await;
-        }
-    }
-}
-
-/// The canary's weight for a rollout state.
-fn weight_for(policy: &CanaryPolicy, state: &CanaryState) -> f64 {
+/// The canary's weight for a rollout state (none while it only shadows).
+pub fn weight_for(policy: &CanaryPolicy, state: &CanaryState) -> f64 {
     match state.phase {
+        CanaryPhase::Progressing | CanaryPhase::Paused if state.stage == Stage::Shadow => 0.0,
         CanaryPhase::Progressing | CanaryPhase::Paused => {
             policy.steps[state.step.min(policy.steps.len() - 1)]
         }
@@ -373,188 +398,15 @@ fn weight_for(policy: &CanaryPolicy, state: &CanaryState) -> f64 {
     }
 }
 
-/// The canary rollouts in progress, by endpoint (the controller's state; the
-/// edges show it).
-#[derive(Default)]
-pub struct Canaries {
-    entries: Mutex<HashMap<String, CanaryEntry>>,
-}
-
-impl Canaries {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Canaries::default())
+/// A rollout's phase as metrics and logs name it (`metrics::ROLLOUT_PHASES`).
+pub fn phase_label(state: &CanaryState) -> &'static str {
+    match (state.phase, state.stage) {
+        (CanaryPhase::Progressing, Stage::Shadow) => "shadow",
+        (CanaryPhase::Progressing, Stage::Canary) => "canary",
+        (CanaryPhase::Paused, _) => "paused",
+        (CanaryPhase::Promoted, _) => "promoted",
+        (CanaryPhase::RolledBack, _) => "rolled_back",
     }
-
-    /// Every rollout: its policy and its state, by endpoint.
-    pub fn rollouts(&self) -> std::collections::BTreeMap<String, (CanaryPolicy, CanaryState)> {
-        self.entries
-            .lock()
-            .map(|c| {
-                c.iter()
-                    .map(|(k, v)| (k.clone(), (v.policy.clone(), v.state.clone())))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// Status of every canary rollout, by endpoint.
-    pub fn states(&self) -> HashMap<String, CanaryState> {
-        self.entries
-            .lock()
-            .map(|c| {
-                c.iter()
-                    .map(|(k, v)| (k.clone(), v.state.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Canaries {
-    /// An operator's command for the rollout of `endpoint`; returns its new state.
-    pub fn command(
-        &self,
-        endpoint: &str,
-        action: CanaryCommand,
-        metrics: &Metrics,
-    ) -> Result<CanaryState, crate::error::ApiError> {
-        use crate::error::{ApiError, ErrorKind};
-        let mut entries = self
-            .entries
-            .lock()
-            .map_err(|_| ApiError::internal("the canary state is poisoned"))?;
-        let entry = entries.get_mut(endpoint).ok_or_else(|| {
-            ApiError::not_found(format!(
-                "endpoint `{endpoint}` has no canary rollout (a `canary:` policy in the route file)"
-            ))
-        })?;
-        command(&mut entry.state, action)
-            .map_err(|reason| ApiError::new(ErrorKind::Conflict, reason))?;
-        let weight = weight_for(&entry.policy, &entry.state);
-        entry.state.remember(weight);
-        entry.last_check = Instant::now();
-        metrics.canary_decision(endpoint, action.label());
-        info!(
-            endpoint,
-            action = action.label(),
-            "Canary rollout changed by an operator."
-        );
-        Ok(entry.state.clone())
-    }
-
-    /// Pauses the rollout of `endpoint` if one progresses; `Err` names why a
-    /// manual change would fight it (unless `force`).
-    fn yield_to_operator(
-        &self,
-        endpoint: &str,
-        force: bool,
-        metrics: &Metrics,
-    ) -> Result<(), String> {
-        let Ok(mut entries) = self.entries.lock() else {
-            return Ok(());
-        };
-        let Some(entry) = entries.get_mut(endpoint) else {
-            return Ok(());
-        };
-        if entry.state.phase != CanaryPhase::Progressing {
-            return Ok(());
-        }
-        if !force {
-            return Err(format!(
-                "endpoint `{endpoint}` has a canary rollout in progress that sets its weights; pause it first (POST /v2/endpoints/{endpoint}/canary/pause) or pass \"force\": true, which pauses it"
-            ));
-        }
-        let _ = command(&mut entry.state, CanaryCommand::Pause);
-        let weight = weight_for(&entry.policy, &entry.state);
-        entry.state.remember(weight);
-        metrics.canary_decision(endpoint, "pause");
-        Ok(())
-    }
-}
-
-/// Sets an endpoint's variant weights by hand (the control API), as one
-/// catalog swap. They hold until the route file changes. A progressing
-/// canary rollout would overwrite them: refused unless `force` (which pauses it).
-pub async fn set_weights(
-    catalog: &CatalogStore,
-    canaries: &Canaries,
-    metrics: &Metrics,
-    endpoint: &str,
-    weights: &std::collections::BTreeMap<String, f64>,
-    force: bool,
-) -> Result<(), crate::error::ApiError> {
-    use crate::error::{ApiError, ErrorKind};
-    let writer = catalog.writer().await;
-    let current = writer.current();
-    let existing = current
-        .routes
-        .endpoints
-        .get(endpoint)
-        .ok_or_else(|| ApiError::not_found(format!("unknown endpoint `{endpoint}`")))?;
-    let names: Vec<&str> = existing.variants.iter().map(|v| v.name.as_str()).collect();
-    for (name, weight) in weights {
-        if !names.contains(&name.as_str()) {
-            return Err(ApiError::invalid(format!(
-                "endpoint `{endpoint}` has no variant `{name}`; variants: {names:?}"
-            )));
-        }
-        if !(weight.is_finite() && *weight >= 0.0) {
-            return Err(ApiError::invalid(format!(
-                "variant `{name}`: a weight is a non-negative number, got {weight}"
-            )));
-        }
-    }
-    let mut updated = (**existing).clone();
-    for variant in &mut updated.variants {
-        if let Some(weight) = weights.get(&variant.name) {
-            variant.weight = *weight;
-        }
-    }
-    if updated.variants.iter().map(|v| v.weight).sum::<f64>() <= 0.0 {
-        return Err(ApiError::invalid(format!(
-            "endpoint `{endpoint}`: the weights would add up to 0; some variant must take traffic"
-        )));
-    }
-    canaries
-        .yield_to_operator(endpoint, force, metrics)
-        .map_err(|reason| ApiError::new(ErrorKind::Conflict, reason))?;
-    info!(endpoint, ?weights, "Endpoint weights set by an operator.");
-    publish_endpoint(&writer, metrics, updated);
-    Ok(())
-}
-
-/// Swaps one endpoint's new variants in (its weight gauges follow), as one catalog swap.
-fn publish_endpoint(
-    writer: &crate::serve::catalog::CatalogWriter<'_>,
-    metrics: &Metrics,
-    updated: crate::config::routes::Endpoint,
-) {
-    for variant in &updated.variants {
-        metrics.set_route_weight(&updated.name, &variant.name, variant.weight);
-    }
-    let current = writer.current();
-    let mut routes = (*current.routes).clone();
-    routes
-        .endpoints
-        .insert(updated.name.clone(), Arc::new(updated));
-    let mut next = (*current).clone();
-    next.routes = Arc::new(routes);
-    writer.publish(next);
-}
-
-/// Sets a canary's share of its endpoint (the stable gets the rest), as one catalog swap.
-async fn set_weight(catalog: &CatalogStore, metrics: &Metrics, endpoint: &str, percent: f64) {
-    let writer = catalog.writer().await;
-    let current = writer.current();
-    let Some(existing) = current.routes.endpoints.get(endpoint) else {
-        return;
-    };
-    let Some(policy) = existing.canary.clone() else {
-        return;
-    };
-    let mut updated = (**existing).clone();
-    set_canary_weight(&mut updated, &policy, percent);
-    publish_endpoint(&writer, metrics, updated);
 }
 
 #[cfg(test)]
@@ -587,7 +439,7 @@ mod tests {
     #[test]
     fn a_healthy_canary_is_promoted_step_by_step() {
         let p = policy();
-        let mut s = CanaryState::new();
+        let mut s = CanaryState::new(false);
         let stable = window(900, 0, 1.0);
         assert!(matches!(
             evaluate(&p, &mut s, stable, window(5, 0, 1.0)),
@@ -611,7 +463,7 @@ mod tests {
     #[test]
     fn a_failing_or_slow_canary_is_rolled_back_after_repeated_failures() {
         let p = policy();
-        let mut s = CanaryState::new();
+        let mut s = CanaryState::new(false);
         let stable = window(900, 0, 1.0);
         assert!(
             matches!(evaluate(&p, &mut s, stable, window(90, 10, 1.0)), Decision::Hold(r) if r.contains("success rate"))
@@ -621,7 +473,7 @@ mod tests {
         );
         assert_eq!(s.phase, CanaryPhase::RolledBack);
         // A pass in between resets the count.
-        let mut s = CanaryState::new();
+        let mut s = CanaryState::new(false);
         assert!(matches!(
             evaluate(&p, &mut s, stable, window(90, 10, 1.0)),
             Decision::Hold(_)
@@ -636,9 +488,93 @@ mod tests {
         ));
     }
 
+    fn gate() -> ShadowGate {
+        ShadowGate {
+            percent: 10.0,
+            interval: Duration::from_secs(1),
+            min_requests: 20,
+            tolerance: crate::config::routes::Tolerance::default(),
+            min_agreement: 99.0,
+            max_abs_difference: Some(0.01),
+            max_mean_abs_difference: None,
+            min_argmax_agreement: Some(99.0),
+            min_success_rate: 99.0,
+            failures_to_rollback: 1,
+        }
+    }
+
+    fn agreement(compared: u64, agreed: u64, max_diff: f64, argmax_same: u64) -> Agreement {
+        use crate::serve::agreement::{Comparison, Verdict};
+        let mut total = Agreement::default();
+        for i in 0..compared {
+            total.add(&[Comparison {
+                output: "p".into(),
+                verdict: if i < agreed {
+                    Verdict::Agree
+                } else {
+                    Verdict::Disagree
+                },
+                max_abs_diff: Some(if i < agreed { 0.0 } else { max_diff }),
+                mean_abs_diff: Some(0.0),
+                argmax: Some((u64::from(i < argmax_same), 1)),
+            }]);
+        }
+        total
+    }
+
+    #[test]
+    fn a_shadow_that_agrees_moves_to_the_canary_and_one_that_differs_is_rolled_back() {
+        let (g, p) = (gate(), policy());
+        let mut s = CanaryState::new(true);
+        assert_eq!(weight_for(&p, &s), 0.0, "a shadow takes no live traffic");
+        assert!(matches!(
+            evaluate_shadow(&g, &p, &mut s, window(5, 0, 1.0), agreement(5, 5, 0.0, 5)),
+            Decision::Wait(_)
+        ));
+        assert_eq!(
+            evaluate_shadow(
+                &g,
+                &p,
+                &mut s,
+                window(100, 0, 1.0),
+                agreement(100, 100, 0.0, 100)
+            ),
+            Decision::ShadowPassed(10.0)
+        );
+        assert_eq!((s.stage, weight_for(&p, &s)), (Stage::Canary, 10.0));
+        assert_eq!(phase_label(&s), "canary");
+
+        let mut s = CanaryState::new(true);
+        let decision = evaluate_shadow(
+            &g,
+            &p,
+            &mut s,
+            window(100, 0, 1.0),
+            agreement(100, 90, 0.5, 90),
+        );
+        let Decision::Rollback(reason) = decision else {
+            panic!("{decision:?}")
+        };
+        for expected in [
+            "agree on 90.00% of 100",
+            "max |difference|",
+            "argmax agrees on 90.00%",
+        ] {
+            assert!(reason.contains(expected), "{reason}");
+        }
+        assert_eq!(phase_label(&s), "rolled_back");
+
+        // A candidate failing on its copies is rolled back though nothing compared.
+        let mut s = CanaryState::new(true);
+        assert!(matches!(
+            evaluate_shadow(&g, &p, &mut s, window(0, 50, 0.0), Agreement::default()),
+            Decision::Rollback(r) if r.contains("shadow success rate 0.00%")
+        ));
+    }
+
     #[test]
     fn operator_commands_follow_the_phases() {
-        let mut state = CanaryState::new();
+        let mut state = CanaryState::new(false);
         command(&mut state, CanaryCommand::Pause).unwrap();
         assert_eq!(state.phase, CanaryPhase::Paused);
         assert!(
@@ -654,7 +590,7 @@ mod tests {
         let err = command(&mut state, CanaryCommand::Promote).unwrap_err();
         assert!(err.contains("already rolled back"), "{err}");
         // A paused rollout's weight stays where the rollout stood.
-        let mut paused = CanaryState::new();
+        let mut paused = CanaryState::new(false);
         paused.step = 1;
         command(&mut paused, CanaryCommand::Pause).unwrap();
         assert_eq!(weight_for(&policy(), &paused), 50.0);

@@ -1,14 +1,16 @@
 //! The control plane: keeps what serves in step with the model sources
 //! (`lifecycle`, `source`), model control over the API (load/unload), local
-//! folder watching, and the canary controller (`canary`). It writes the
-//! catalog through the store's writer lock and uses the request path's types
-//! (`serve`) and the config layer; it never sees HTTP or gRPC.
+//! folder watching, and the rollout controller (`rollouts`, with its rules in
+//! `canary`). It writes the catalog through the store's writer lock and uses
+//! the request path's types (`serve`) and the config layer; it never sees
+//! HTTP or gRPC.
 //!
 //! `Control` is its handle: reconciles and control calls are serialized by
 //! the lifecycle's lock (taken before the catalog's writer lock).
 
 pub mod canary;
 pub mod lifecycle;
+pub mod rollouts;
 pub mod source;
 pub mod watch;
 

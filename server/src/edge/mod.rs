@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::control::Control;
-use crate::control::canary::Canaries;
+use crate::control::rollouts::Rollouts;
 use crate::error::ApiError;
 use crate::serve::Serving;
 use crate::serve::infer::{InferRequest, InferResponse, Routed, Served};
@@ -161,7 +161,7 @@ pub struct EdgeSettings {
 pub struct Edge {
     pub serving: Serving,
     pub control: Arc<Control>,
-    pub canaries: Arc<Canaries>,
+    pub rollouts: Arc<Rollouts>,
     pub settings: EdgeSettings,
     /// Log filter and trace sampling (the logging and trace extensions).
     pub telemetry: Arc<crate::telemetry::Controls>,
@@ -185,7 +185,7 @@ impl Edge {
     pub fn new(
         serving: Serving,
         control: Arc<Control>,
-        canaries: Arc<Canaries>,
+        rollouts: Arc<Rollouts>,
         settings: EdgeSettings,
         telemetry: Arc<crate::telemetry::Controls>,
         readiness: Readiness,
@@ -193,7 +193,7 @@ impl Edge {
         Arc::new(Edge {
             serving,
             control,
-            canaries,
+            rollouts,
             settings,
             telemetry,
             readiness,

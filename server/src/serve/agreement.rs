@@ -2,8 +2,12 @@
 //! same request: per output, whether they agree (type-aware: floats within a
 //! tolerance, everything else exactly), the largest and mean absolute
 //! difference, and for outputs with classes along the last dimension whether
-//! each row's argmax is the same. Pure; `traffic` records the results.
+//! each row's argmax is the same; and `Agreement`, those comparisons added
+//! up over an interval for the rollout gates. Pure; `traffic` records them.
 
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 use switchyard_runtimes::{DataType, Tensor};
 
 use crate::config::routes::Tolerance;
@@ -134,6 +138,75 @@ fn compare_one(stable: &Tensor, shadow: Option<&Tensor>, tolerance: Tolerance) -
     comparison
 }
 
+/// Comparisons of one shadow over an interval: requests, and each output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Agreement {
+    /// Requests compared, and those whose every output agreed.
+    pub compared: u64,
+    pub agreed: u64,
+    pub outputs: BTreeMap<String, OutputAgreement>,
+}
+
+/// One output's comparisons over an interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct OutputAgreement {
+    pub compared: u64,
+    pub agreed: u64,
+    /// Different datatype or shape, or missing from the shadow's answer.
+    pub mismatched: u64,
+    /// The largest |stable − shadow| seen (float outputs).
+    pub max_abs_diff: Option<f64>,
+    /// The mean over requests of each request's mean |stable − shadow|.
+    pub mean_abs_diff: Option<f64>,
+    /// Rows whose argmax was the same, of the rows compared.
+    pub argmax_same: u64,
+    pub argmax_rows: u64,
+    #[serde(skip)]
+    mean_sum: f64,
+    #[serde(skip)]
+    mean_count: u64,
+}
+
+impl Agreement {
+    /// Adds one request's comparisons.
+    pub fn add(&mut self, comparisons: &[Comparison]) {
+        self.compared += 1;
+        if comparisons.iter().all(|c| c.verdict == Verdict::Agree) {
+            self.agreed += 1;
+        }
+        for c in comparisons {
+            let output = self.outputs.entry(c.output.clone()).or_default();
+            output.compared += 1;
+            match c.verdict {
+                Verdict::Agree => output.agreed += 1,
+                Verdict::Disagree => {}
+                Verdict::Mismatch => output.mismatched += 1,
+            }
+            if let Some(max) = c.max_abs_diff {
+                output.max_abs_diff = Some(output.max_abs_diff.map_or(max, |m| m.max(max)));
+            }
+            if let Some(mean) = c.mean_abs_diff {
+                output.mean_sum += mean;
+                output.mean_count += 1;
+                output.mean_abs_diff = Some(output.mean_sum / output.mean_count as f64);
+            }
+            if let Some((same, rows)) = c.argmax {
+                output.argmax_same += same;
+                output.argmax_rows += rows;
+            }
+        }
+    }
+
+    /// Percent of compared requests whose every output agreed (100 when none).
+    pub fn agreement_rate(&self) -> f64 {
+        if self.compared == 0 {
+            100.0
+        } else {
+            self.agreed as f64 * 100.0 / self.compared as f64
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +237,30 @@ mod tests {
             Some((1, 2)),
             "row 0's class changed, row 1's did not"
         );
+    }
+
+    #[test]
+    fn an_interval_adds_up_requests_and_outputs() {
+        let tolerance = Tolerance {
+            abs: 1e-3,
+            rel: 0.0,
+        };
+        let stable = [fp32("p", vec![1, 2], &[0.2, 0.8])];
+        let mut total = Agreement::default();
+        total.add(&compare(&stable, &stable, tolerance));
+        total.add(&compare(
+            &stable,
+            &[fp32("p", vec![1, 2], &[0.9, 0.1])],
+            tolerance,
+        ));
+        total.add(&compare(&stable, &[], tolerance));
+        assert_eq!((total.compared, total.agreed), (3, 1));
+        let p = &total.outputs["p"];
+        assert_eq!((p.compared, p.agreed, p.mismatched), (3, 1, 1));
+        assert!((p.max_abs_diff.unwrap() - 0.7).abs() < 1e-6);
+        assert!((p.mean_abs_diff.unwrap() - 0.35).abs() < 1e-6, "{p:?}");
+        assert_eq!((p.argmax_same, p.argmax_rows), (1, 2));
+        assert!((total.agreement_rate() - 100.0 / 3.0).abs() < 1e-9);
     }
 
     #[test]

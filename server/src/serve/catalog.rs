@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::ApiError;
 use crate::serve::model::ModelVersion;
@@ -27,6 +28,91 @@ pub struct ModelEntry {
     pub source: Option<usize>,
     /// Set while that source is unreachable (the loaded versions keep serving).
     pub source_error: Option<String>,
+    /// Under a rollout policy: the version that has earned all traffic.
+    pub stable: Option<u64>,
+    /// A new version earning its traffic (unversioned requests route through it).
+    pub rollout: Option<Arc<ModelRollout>>,
+    /// Previous stable versions kept loaded after a promotion, until then.
+    pub retained: BTreeMap<u64, std::time::Instant>,
+    /// Versions rolled back: (fingerprint, reason); not loaded again until
+    /// their content changes.
+    pub rolled_back: BTreeMap<u64, (String, String)>,
+}
+
+/// Numbers each model rollout's shadow window.
+static NEXT_ROLLOUT: AtomicU64 = AtomicU64::new(1);
+
+/// A new version of a model going through its rollout policy.
+#[derive(Debug, Clone)]
+pub struct ModelRollout {
+    pub stable: u64,
+    pub candidate: u64,
+    /// The candidate's content when it arrived.
+    pub fingerprint: String,
+    pub policy: Arc<crate::config::rollout::RolloutPolicy>,
+    /// Variants `stable` and `candidate` of this model, with the weights and
+    /// the shadow copy the rollout's phase sets.
+    pub endpoint: Arc<crate::config::routes::Endpoint>,
+    pub started: std::time::Instant,
+}
+
+impl ModelRollout {
+    /// A rollout starting: all traffic on the stable version, and a shadow
+    /// copy to the candidate when the policy has a shadow phase (else the
+    /// first canary step at once).
+    pub fn start(
+        model: &str,
+        stable: u64,
+        candidate: u64,
+        fingerprint: String,
+        policy: Arc<crate::config::rollout::RolloutPolicy>,
+    ) -> Self {
+        use crate::config::rollout::{CANDIDATE, STABLE};
+        use crate::config::routes::{DEFAULT_OVERRIDE_HEADER, Endpoint, Shadow, Target, Variant};
+        let target = |version| Target {
+            model: model.to_owned(),
+            version: Some(version),
+            alias: None,
+        };
+        let first = if policy.shadow.is_some() {
+            0.0
+        } else {
+            policy.canary.steps[0]
+        };
+        let endpoint = Endpoint {
+            name: model.to_owned(),
+            variants: vec![
+                Variant {
+                    name: STABLE.to_owned(),
+                    target: target(stable),
+                    weight: 100.0 - first,
+                },
+                Variant {
+                    name: CANDIDATE.to_owned(),
+                    target: target(candidate),
+                    weight: first,
+                },
+            ],
+            sticky: None,
+            override_header: DEFAULT_OVERRIDE_HEADER.to_owned(),
+            shadow: policy.shadow.as_ref().map(|gate| Shadow {
+                window: format!("{model}#{}", NEXT_ROLLOUT.fetch_add(1, Ordering::Relaxed)),
+                target: target(candidate),
+                percent: gate.percent,
+                tolerance: gate.tolerance,
+            }),
+            canary: Some(policy.canary.clone()),
+            capture: None,
+        };
+        ModelRollout {
+            stable,
+            candidate,
+            fingerprint,
+            policy,
+            endpoint: Arc::new(endpoint),
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 impl ModelEntry {

@@ -371,7 +371,9 @@ pub async fn infer(
     let capture = serving.capture.as_ref().and_then(|capture| {
         let (policy, id) = match endpoint_capture {
             Some(decided) => decided,
-            None if routed.is_some() => return None,
+            // A route-file endpoint decided above; a model rolling out a
+            // version keeps the model's own policy.
+            None if catalog.routes.endpoints.contains_key(&request.model) => return None,
             None => {
                 let policy = model.config.capture.clone()?;
                 if !policy.sample_now() {

@@ -109,19 +109,39 @@ pub fn route(
     request: &InferRequest,
     capture: Option<(&Arc<CapturePolicy>, &str)>,
 ) -> Result<Routing, ApiError> {
-    let Some(endpoint) = catalog.routes.endpoints.get(&request.model) else {
-        return Ok(Routing {
-            model: catalog.lookup(&request.model, request.version.as_deref())?,
-            routed: None,
-            shadow: None,
-        });
-    };
-    if request.version.is_some() {
-        return Err(ApiError::invalid(format!(
-            "`{}` is an endpoint; its variants choose the version (pin one with the {} header)",
-            endpoint.name, endpoint.override_header
-        )));
+    if let Some(endpoint) = catalog.routes.endpoints.get(&request.model) {
+        if request.version.is_some() {
+            return Err(ApiError::invalid(format!(
+                "`{}` is an endpoint; its variants choose the version (pin one with the {} header)",
+                endpoint.name, endpoint.override_header
+            )));
+        }
+        return through_endpoint(catalog, endpoint, request, capture);
     }
+    // A model rolling out a new version routes unversioned requests between
+    // its stable version and the candidate; a version asked for is served as is.
+    if request.version.as_deref().is_none_or(str::is_empty)
+        && let Some(rollout) = catalog
+            .models
+            .get(&request.model)
+            .and_then(|entry| entry.rollout.as_ref())
+    {
+        return through_endpoint(catalog, &rollout.endpoint, request, capture);
+    }
+    Ok(Routing {
+        model: catalog.lookup(&request.model, request.version.as_deref())?,
+        routed: None,
+        shadow: None,
+    })
+}
+
+/// Picks one of `endpoint`'s variants, and a shadow copy by its share.
+fn through_endpoint(
+    catalog: &Catalog,
+    endpoint: &Endpoint,
+    request: &InferRequest,
+    capture: Option<(&Arc<CapturePolicy>, &str)>,
+) -> Result<Routing, ApiError> {
     let ready: Vec<bool> = endpoint
         .variants
         .iter()
@@ -162,6 +182,7 @@ pub fn route(
         });
         job = Some(ShadowJob {
             endpoint: endpoint.name.clone(),
+            window: shadow.window.clone(),
             model: shadow_model,
             inputs: request.inputs.clone(),
             capture,

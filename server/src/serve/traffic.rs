@@ -110,6 +110,8 @@ impl WindowSnapshot {
 /// A copy of a request for a shadow variant.
 pub struct ShadowJob {
     pub endpoint: String,
+    /// The window its outcome and agreement are recorded in (`Shadow::window`).
+    pub window: String,
     pub model: Arc<ModelVersion>,
     pub inputs: Vec<Tensor>,
     /// Set when the request it copies is captured: the shadow's answer is too.
@@ -122,6 +124,8 @@ pub struct ShadowJob {
 
 pub struct Traffic {
     windows: Mutex<HashMap<(String, String), Arc<Window>>>,
+    /// Each endpoint's shadow output agreement since the controller last looked.
+    agreements: Mutex<HashMap<String, crate::serve::agreement::Agreement>>,
     shadow: mpsc::Sender<ShadowJob>,
     shadow_jobs: Mutex<Option<mpsc::Receiver<ShadowJob>>>,
     metrics: Metrics,
@@ -138,6 +142,7 @@ impl Traffic {
         let (shadow, jobs) = mpsc::channel(SHADOW_QUEUE);
         Traffic {
             windows: Mutex::new(HashMap::new()),
+            agreements: Mutex::new(HashMap::new()),
             shadow,
             shadow_jobs: Mutex::new(Some(jobs)),
             metrics,
@@ -164,6 +169,24 @@ impl Traffic {
             if ok { "success" } else { "failure" },
             latency,
         );
+    }
+
+    /// Reads and clears an endpoint's shadow agreement.
+    pub fn take_agreement(&self, endpoint: &str) -> crate::serve::agreement::Agreement {
+        self.agreements
+            .lock()
+            .ok()
+            .and_then(|mut a| a.remove(endpoint))
+            .unwrap_or_default()
+    }
+
+    fn add_agreement(&self, endpoint: &str, comparisons: &[crate::serve::agreement::Comparison]) {
+        if let Ok(mut agreements) = self.agreements.lock() {
+            agreements
+                .entry(endpoint.to_owned())
+                .or_default()
+                .add(comparisons);
+        }
     }
 
     /// Offers a shadow copy; never waits.
@@ -197,9 +220,17 @@ pub async fn run_shadow_workers(traffic: Arc<Traffic>, cancel: CancellationToken
                 // Lowest priority: shadow work yields to real traffic on a shared model.
                 let priority = Some(job.model.config.queue.priority_levels);
                 let result = job.model.infer(job.inputs, priority, None, None).await;
-                traffic.record(&job.endpoint, "shadow", result.is_ok(), started.elapsed());
+                let (ok, took) = (result.is_ok(), started.elapsed());
+                traffic.window(&job.window, "shadow").record(ok, took);
+                let outcome = if ok { "success" } else { "failure" };
+                traffic
+                    .metrics
+                    .observe_endpoint(&job.endpoint, "shadow", outcome, took);
                 if let (Ok(shadow), Some(stable)) = (&result, &job.stable) {
-                    for c in crate::serve::agreement::compare(stable, shadow, job.tolerance) {
+                    let comparisons =
+                        crate::serve::agreement::compare(stable, shadow, job.tolerance);
+                    traffic.add_agreement(&job.window, &comparisons);
+                    for c in comparisons {
                         traffic.metrics.shadow_compared(
                             &job.endpoint,
                             &c.output,

@@ -270,6 +270,8 @@ pub struct ModelConfig {
     pub pipeline: Option<std::sync::Arc<crate::config::pipeline::PipelineSpec>>,
     /// Which requests are recorded (payload capture); `None` = none.
     pub capture: Option<std::sync::Arc<crate::config::capture::CapturePolicy>>,
+    /// How a new version earns its traffic; `None` = it replaces the old one once warm.
+    pub rollout: Option<std::sync::Arc<crate::config::rollout::RolloutPolicy>>,
     /// Failed batches in a row (runtime errors or panics) that mark the version unhealthy.
     pub unhealthy_after_failures: u32,
     /// How long an unhealthy version refuses requests before trying again.
@@ -302,6 +304,7 @@ impl ModelConfig {
             remote: None,
             pipeline: None,
             capture: None,
+            rollout: None,
             unhealthy_after_failures: 5,
             unhealthy_cooldown: Duration::from_secs(10),
         }

@@ -145,6 +145,7 @@ pub(super) struct RawModelConfig {
     pub(super) torch: Option<RawTorchConfig>,
     pub(super) warmup: Option<bool>,
     pub(super) capture: Option<crate::config::capture::RawCapture>,
+    pub(super) rollout: Option<crate::config::rollout::RawRollout>,
     pub(super) remote: Option<RawRemote>,
     pub(super) unhealthy_after_failures: Option<u32>,
     pub(super) unhealthy_cooldown_ms: Option<u64>,
@@ -178,6 +179,7 @@ impl RawModelConfig {
             (self.dynamic_batching.is_some(), "dynamic_batching"),
             (self.instance_count.is_some(), "instance_count"),
             (self.onnx.is_some(), "onnx"),
+            (self.rollout.is_some(), "rollout"),
         ];
         let raw_queue = self.queue.unwrap_or_default();
         let queue = QueuePolicy {
@@ -275,6 +277,10 @@ impl RawModelConfig {
             capture: self
                 .capture
                 .map(|raw| raw.validate("config").map(std::sync::Arc::new))
+                .transpose()?,
+            rollout: self
+                .rollout
+                .map(|raw| raw.validate().map(std::sync::Arc::new))
                 .transpose()?,
             remote: match (platform, self.remote) {
                 (Platform::Remote, Some(raw)) => Some(raw.validate()?),

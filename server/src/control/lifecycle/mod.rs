@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
+mod rollout;
 mod tracked;
 
 use tracked::{StepRules, Tracked, VersionStep};
@@ -147,6 +148,38 @@ impl Lifecycle {
                 next.routes_error = Some(format!("{}: {reason}", path.display()));
             }
         }
+    }
+
+    /// A model rollout's series, as it starts: its variants' outcomes and
+    /// weights, its shadow's agreement per output, its phase.
+    fn expose_rollout(&self, entry: &ModelEntry, rollout: &crate::serve::catalog::ModelRollout) {
+        let endpoint = &rollout.endpoint;
+        let variants: Vec<&str> = endpoint.variants.iter().map(|v| v.name.as_str()).collect();
+        self.metrics
+            .expose_endpoint(&endpoint.name, &variants, endpoint.shadow.is_some(), true);
+        for variant in &endpoint.variants {
+            self.metrics
+                .set_route_weight(&endpoint.name, &variant.name, variant.weight);
+        }
+        if let Some(model) = entry
+            .versions
+            .get(&rollout.candidate)
+            .filter(|_| endpoint.shadow.is_some())
+        {
+            let outputs: Vec<&str> = model
+                .signature
+                .outputs
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect();
+            self.metrics.expose_shadow_outputs(&endpoint.name, &outputs);
+        }
+        let phase = if endpoint.shadow.is_some() {
+            "shadow"
+        } else {
+            "canary"
+        };
+        self.metrics.set_rollout_phase(&endpoint.name, phase);
     }
 
     pub fn describe_sources(&self) -> Vec<String> {
@@ -277,6 +310,16 @@ impl Lifecycle {
             let entry = self.reconcile_model(pass).await;
             let Some(mut entry) = entry else { continue };
             entry.source = Some(source_index);
+            if let Some(rollout) = &entry.rollout {
+                let started = current
+                    .models
+                    .get(&model)
+                    .and_then(|e| e.rollout.as_ref())
+                    .is_none_or(|r| !Arc::ptr_eq(r, rollout));
+                if started {
+                    self.expose_rollout(&entry, rollout);
+                }
+            }
             for (version, loaded) in &entry.versions {
                 let was = current
                     .models
@@ -364,6 +407,17 @@ impl Lifecycle {
             Some(v) => vec![v],
             None => config.version_policy.select(&present),
         };
+        // A rolled-back version stays out until its content changes.
+        let rolled_back: BTreeMap<u64, (String, String)> = current
+            .map(|e| e.rolled_back.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(v, (fingerprint, _))| {
+                listed_versions
+                    .get(v)
+                    .is_some_and(|l| &l.fingerprint == fingerprint)
+            })
+            .collect();
         let rules = StepRules {
             config_changed,
             eager,
@@ -374,6 +428,10 @@ impl Lifecycle {
         let mut failed: BTreeMap<u64, String> = BTreeMap::new();
         let mut waiting = false;
         for version in &desired {
+            if let Some((_, reason)) = rolled_back.get(version) {
+                failed.insert(*version, format!("rolled back: {reason}"));
+                continue;
+            }
             let Some(listed) = listed_versions.get(version) else {
                 failed.insert(
                     *version,
@@ -432,14 +490,35 @@ impl Lifecycle {
         tracked.finish(&listing.config, |v| versions.contains_key(&v));
         // Never leave a model with nothing while its replacement is not ready.
         if versions.is_empty() && !previous_versions.is_empty() {
-            versions = previous_versions;
+            versions = previous_versions.clone();
             for v in versions.keys() {
                 if let Some(listed) = current.and_then(|_| listing.versions.get(v)) {
                     tracked.keep_loaded(*v, &listed.fingerprint);
                 }
             }
         }
-        let default_version = listing.pinned.filter(|v| versions.contains_key(v));
+        let alias_moved_to = listing.pinned.filter(|v| tracked.alias_seen != Some(*v));
+        tracked.alias_seen = listing.pinned;
+        let mut default_version = listing.pinned.filter(|v| versions.contains_key(v));
+        let decided = match &config.rollout {
+            Some(policy) => {
+                self.metrics.expose_rollout(model);
+                rollout::decide(rollout::Pass {
+                    model,
+                    policy,
+                    current,
+                    previous: &previous_versions,
+                    versions: &mut versions,
+                    listed: &listed_versions,
+                    alias_moved_to,
+                    now,
+                })
+            }
+            None => rollout::Decided::default(),
+        };
+        if decided.stable.is_some() {
+            default_version = decided.stable;
+        }
         let error = if !versions.is_empty() || !failed.is_empty() {
             None
         } else if waiting {
@@ -460,6 +539,10 @@ impl Lifecycle {
             aliases: listing.aliases.clone(),
             source: Some(source_index),
             source_error: None,
+            stable: decided.stable,
+            rollout: decided.rollout,
+            retained: decided.retained,
+            rolled_back,
         })
     }
 

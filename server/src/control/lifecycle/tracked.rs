@@ -39,6 +39,8 @@ pub(super) struct Tracked {
     config_failure: Option<Failure>,
     /// Versions seen once with this fingerprint, waiting to be seen unchanged again.
     settling: BTreeMap<u64, String>,
+    /// The version the model's registry alias named in the last pass.
+    pub(super) alias_seen: Option<u64>,
 }
 
 /// What to do with one desired version in this pass.

@@ -121,6 +121,10 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/v2/rollouts", op(Endpoints, get(list_rollouts)))
         .route("/v2/rollouts/{endpoint}", op(Endpoints, get(get_rollout)))
         .route(
+            "/v2/rollouts/{endpoint}/{action}",
+            op(EndpointControl, post(command_rollout)),
+        )
+        .route(
             "/v2/endpoints/{endpoint}/canary/{action}",
             op(EndpointControl, post(command_canary)),
         )
@@ -702,7 +706,7 @@ fn endpoint_json(
     catalog: &crate::serve::catalog::Catalog,
     endpoint: &crate::config::routes::Endpoint,
 ) -> serde_json::Value {
-    let canaries = edge.canaries.states();
+    let canaries = edge.rollouts.states();
     let variants: Vec<serde_json::Value> = endpoint
         .variants
         .iter()
@@ -746,20 +750,22 @@ async fn console() -> Response {
         .into_response()
 }
 
-/// A rollout: its endpoint, policy, phase, step, the canary's weight, each
-/// gate's last values and its decision history.
-fn rollout_json(
-    endpoint: &str,
-    policy: &crate::config::routes::CanaryPolicy,
-    state: &crate::control::canary::CanaryState,
-) -> serde_json::Value {
+/// A rollout: what it moves (an endpoint's variants, or a model's stable and
+/// candidate versions), its policy, phase, stage, step, the canary's weight,
+/// each gate's last values and its decision history.
+fn rollout_json(name: &str, view: &crate::control::rollouts::RolloutView) -> serde_json::Value {
+    let (policy, state) = (&view.policy, &view.state);
     json!({
-        "name": endpoint,
+        "name": name,
+        "kind": if view.model.is_some() { "model" } else { "endpoint" },
         "stable": policy.stable,
         "canary": policy.canary,
+        "versions": view.model,
         "phase": state.phase,
+        "stage": state.stage,
         "step": state.step,
         "steps": policy.steps,
+        "canary_weight": crate::control::canary::weight_for(policy, state),
         "gates": {
             "min_requests": policy.min_requests,
             "min_success_rate": policy.min_success_rate,
@@ -767,21 +773,24 @@ fn rollout_json(
             "max_p99_ratio": policy.max_p99_ratio,
             "failures_to_rollback": policy.failures_to_rollback,
         },
+        "shadow_gates": view.shadow,
         "failed_checks": state.failed_checks,
         "last_decision": state.last_decision,
         "last_reason": state.last_reason,
         "last_canary": state.last_canary,
         "last_stable": state.last_stable,
+        "last_shadow": state.last_shadow,
+        "last_agreement": state.last_agreement,
         "history": state.history,
     })
 }
 
 async fn list_rollouts(State(edge): State<Arc<Edge>>) -> Response {
     let rollouts: Vec<serde_json::Value> = edge
-        .canaries
+        .rollouts
         .rollouts()
         .iter()
-        .map(|(name, (policy, state))| rollout_json(name, policy, state))
+        .map(|(name, view)| rollout_json(name, view))
         .collect();
     axum::Json(json!({ "rollouts": rollouts })).into_response()
 }
@@ -790,14 +799,14 @@ async fn get_rollout(
     State(edge): State<Arc<Edge>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rollouts = edge.canaries.rollouts();
-    let (policy, state) = rollouts.get(&name).ok_or_else(|| {
+    let rollouts = edge.rollouts.rollouts();
+    let view = rollouts.get(&name).ok_or_else(|| {
         ApiError::not_found(format!(
             "no rollout for `{name}`; rollouts: {:?}",
             rollouts.keys().collect::<Vec<_>>()
         ))
     })?;
-    Ok(axum::Json(rollout_json(&name, policy, state)).into_response())
+    Ok(axum::Json(rollout_json(&name, view)).into_response())
 }
 
 async fn list_endpoints(State(edge): State<Arc<Edge>>) -> Response {
@@ -833,9 +842,9 @@ async fn put_endpoint(
             "the body is {{\"weights\": {{\"<variant>\": <weight>, ...}}, \"force\": false}}: {e}"
         ))
     })?;
-    crate::control::canary::set_weights(
+    crate::control::rollouts::set_weights(
         &edge.serving.catalog,
-        &edge.canaries,
+        &edge.rollouts,
         &edge.serving.metrics,
         &name,
         &update.weights,
@@ -854,9 +863,36 @@ async fn command_canary(
             "unknown canary action `{action}`; actions: pause, resume, abort, promote"
         ))
     })?;
-    edge.canaries
+    edge.rollouts
         .command(&name, command, &edge.serving.metrics)?;
-    get_endpoint(State(edge), Path(name)).await
+    // A route-file endpoint answers with its variants; a model's rollout with itself.
+    if edge
+        .serving
+        .catalog
+        .snapshot()
+        .routes
+        .endpoints
+        .contains_key(&name)
+    {
+        return get_endpoint(State(edge), Path(name)).await;
+    }
+    get_rollout(State(edge), Path(name)).await
+}
+
+/// `POST /v2/rollouts/{name}/{pause|resume|abort|promote}`: the same
+/// commands, answered with the rollout.
+async fn command_rollout(
+    State(edge): State<Arc<Edge>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let command = crate::control::canary::CanaryCommand::parse(&action).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "unknown rollout action `{action}`; actions: pause, resume, abort, promote"
+        ))
+    })?;
+    edge.rollouts
+        .command(&name, command, &edge.serving.metrics)?;
+    get_rollout(State(edge), Path(name)).await
 }
 
 async fn get_endpoint(

@@ -1,0 +1,717 @@
+//! The rollout controller: one task that judges every rollout once per its
+//! interval with the rules in `control::canary` — the route file's canary
+//! endpoints, and models rolling out a new version under their rollout
+//! policy — and applies the result through the catalog store (one swap each):
+//! new weights, the shadow copy switched off when the canary starts, and at
+//! the end a promotion (the candidate becomes the model's stable version, the
+//! previous one stays loaded for `keep_previous`) or a rollback (the candidate
+//! leaves and is not loaded again until its content changes). It also holds
+//! the rollouts' states for the control API and the console.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::rollout::ShadowGate;
+use crate::config::routes::{CanaryPolicy, Endpoint, set_canary_weight};
+use crate::control::canary::{
+    CanaryCommand, CanaryPhase, CanaryState, Decision, Stage, candidate_unhealthy, command,
+    evaluate, evaluate_shadow, phase_label, weight_for,
+};
+use crate::metrics::Metrics;
+use crate::serve::catalog::{CatalogStore, ModelRollout};
+use crate::serve::traffic::Traffic;
+
+/// What a model rollout was about (a route-file canary has none).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelVersions {
+    pub model: String,
+    pub stable: u64,
+    pub candidate: u64,
+}
+
+struct RolloutEntry {
+    policy: CanaryPolicy,
+    shadow: Option<ShadowGate>,
+    /// Set for a model's rollout: its versions and when it started.
+    model: Option<(ModelVersions, Instant)>,
+    state: CanaryState,
+    last_check: Instant,
+    started: Instant,
+}
+
+impl RolloutEntry {
+    fn start(live: &Live) -> Self {
+        let mut state = CanaryState::new(live.shadow.is_some());
+        state.remember(weight_for(&live.policy, &state));
+        RolloutEntry {
+            policy: live.policy.clone(),
+            shadow: live.shadow.clone(),
+            model: live.model.as_ref().map(|r| {
+                (
+                    ModelVersions {
+                        model: live.name.clone(),
+                        stable: r.stable,
+                        candidate: r.candidate,
+                    },
+                    r.started,
+                )
+            }),
+            state,
+            last_check: Instant::now(),
+            started: live.model.as_ref().map_or_else(Instant::now, |r| r.started),
+        }
+    }
+
+    fn ended(&self) -> bool {
+        matches!(
+            self.state.phase,
+            CanaryPhase::Promoted | CanaryPhase::RolledBack
+        )
+    }
+}
+
+/// A rollout the catalog holds now.
+struct Live {
+    name: String,
+    endpoint: Arc<Endpoint>,
+    policy: CanaryPolicy,
+    shadow: Option<ShadowGate>,
+    model: Option<Arc<ModelRollout>>,
+    /// Why a model rollout's candidate refuses requests (its breaker is open).
+    unhealthy: Option<String>,
+}
+
+/// A change the controller makes to the catalog.
+enum Update {
+    /// A route-file canary's weight.
+    Weight { endpoint: String, percent: f64 },
+    /// A model rollout's candidate weight, and whether copies still go to it.
+    Stage {
+        model: String,
+        candidate: u64,
+        percent: f64,
+        shadow: bool,
+    },
+    /// A model rollout's end.
+    End {
+        model: String,
+        candidate: u64,
+        promoted: bool,
+        reason: String,
+    },
+}
+
+/// The rollouts, by endpoint or model name (the controller's state; the edges show it).
+#[derive(Default)]
+pub struct Rollouts {
+    entries: Mutex<HashMap<String, RolloutEntry>>,
+}
+
+/// One rollout as the control API shows it.
+pub struct RolloutView {
+    pub policy: CanaryPolicy,
+    pub shadow: Option<ShadowGate>,
+    pub model: Option<ModelVersions>,
+    pub state: CanaryState,
+}
+
+/// Checks every rollout once per its interval and moves it along.
+pub async fn run_controller(
+    rollouts: Arc<Rollouts>,
+    catalog: Arc<CatalogStore>,
+    traffic: Arc<Traffic>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        let snapshot = catalog.snapshot();
+        let live: Vec<Live> = snapshot
+            .routes
+            .endpoints
+            .iter()
+            .filter_map(|(name, endpoint)| {
+                Some(Live {
+                    name: name.clone(),
+                    endpoint: endpoint.clone(),
+                    policy: endpoint.canary.clone()?,
+                    shadow: None,
+                    model: None,
+                    unhealthy: None,
+                })
+            })
+            .chain(snapshot.models.iter().filter_map(|(name, entry)| {
+                let rollout = entry.rollout.clone()?;
+                let unhealthy = entry
+                    .versions
+                    .get(&rollout.candidate)
+                    .and_then(|v| v.unhealthy());
+                Some(Live {
+                    unhealthy,
+                    name: name.clone(),
+                    endpoint: rollout.endpoint.clone(),
+                    policy: rollout.policy.canary.clone(),
+                    shadow: rollout.policy.shadow.clone(),
+                    model: Some(rollout),
+                })
+            }))
+            .collect();
+        let updates = {
+            let Ok(mut entries) = rollouts.entries.lock() else {
+                break;
+            };
+            // An ended model rollout stays listed (with its history) until
+            // the model goes or its next rollout starts.
+            entries.retain(|name, entry| {
+                live.iter().any(|l| &l.name == name)
+                    || (entry.model.is_some()
+                        && entry.ended()
+                        && snapshot.models.contains_key(name))
+            });
+            let mut updates = Vec::new();
+            for l in &live {
+                step(l, &mut entries, &traffic, &metrics, &mut updates);
+            }
+            updates
+        };
+        for update in updates {
+            apply(&catalog, &metrics, update).await;
+        }
+    }
+}
+
+/// One rollout's turn: restart it if it is new, keep the catalog's weights
+/// where its state says, and judge it when its interval is up.
+fn step(
+    l: &Live,
+    entries: &mut HashMap<String, RolloutEntry>,
+    traffic: &Traffic,
+    metrics: &Metrics,
+    updates: &mut Vec<Update>,
+) {
+    let name = &l.name;
+    let identity = l.model.as_ref().map(|r| (r.candidate, r.started));
+    // The shadow's window (one per model rollout); the live variants' are the name's.
+    let shadow_window = l
+        .endpoint
+        .shadow
+        .as_ref()
+        .map_or(name.as_str(), |s| s.window.as_str());
+    let new = !entries.contains_key(name);
+    let entry = entries
+        .entry(name.clone())
+        .or_insert_with(|| RolloutEntry::start(l));
+    let changed = entry.policy != l.policy
+        || entry.shadow != l.shadow
+        || entry.model.as_ref().map(|(v, at)| (v.candidate, *at)) != identity;
+    if new || changed {
+        if l.model.is_none() && changed {
+            info!(endpoint = %name, "Canary policy changed; the rollout starts over.");
+        }
+        *entry = RolloutEntry::start(l);
+        metrics.set_rollout_phase(name, phase_label(&entry.state));
+        // Outcomes left from before this rollout are not its to judge.
+        for variant in [&l.policy.stable, &l.policy.canary] {
+            traffic.window(name, variant).take();
+        }
+        traffic.window(shadow_window, "shadow").take();
+        traffic.take_agreement(shadow_window);
+    }
+    let model = l.model.as_ref();
+    match entry.state.phase {
+        CanaryPhase::Paused => {
+            // Traffic seen while paused is not judged after a resume.
+            for variant in [&l.policy.stable, &l.policy.canary] {
+                traffic.window(name, variant).take();
+            }
+            traffic.window(shadow_window, "shadow").take();
+            traffic.take_agreement(shadow_window);
+            entry.last_check = Instant::now();
+            return;
+        }
+        // Ended by an operator (or last turn): a model's rollout ends in the catalog.
+        CanaryPhase::Promoted | CanaryPhase::RolledBack if model.is_some() => {
+            if let Some(rollout) = model {
+                updates.push(Update::End {
+                    model: name.clone(),
+                    candidate: rollout.candidate,
+                    promoted: entry.state.phase == CanaryPhase::Promoted,
+                    reason: entry.state.last_reason.clone(),
+                });
+            }
+            return;
+        }
+        _ => {}
+    }
+    let wanted = weight_for(&entry.policy, &entry.state);
+    let current = l
+        .endpoint
+        .variants
+        .iter()
+        .find(|v| v.name == l.policy.canary)
+        .map(|v| v.weight);
+    match model {
+        Some(rollout) => {
+            let shadow = entry.state.stage == Stage::Shadow;
+            if current != Some(wanted) || l.endpoint.shadow.is_some() != shadow {
+                updates.push(Update::Stage {
+                    model: name.clone(),
+                    candidate: rollout.candidate,
+                    percent: wanted,
+                    shadow,
+                });
+            }
+        }
+        // A reloaded route file restarts at step 0; keep the rollout where it is.
+        None if current != Some(wanted) => updates.push(Update::Weight {
+            endpoint: name.clone(),
+            percent: wanted,
+        }),
+        None => {}
+    }
+    let interval = match (&entry.shadow, entry.state.stage) {
+        (Some(gate), Stage::Shadow) => gate.interval,
+        _ => entry.policy.interval,
+    };
+    if entry.last_check.elapsed() < interval {
+        return;
+    }
+    entry.last_check = Instant::now();
+    let stable = traffic.window(name, &entry.policy.stable).take();
+    let canary = traffic.window(name, &entry.policy.canary).take();
+    let decision = match (&entry.shadow, entry.state.stage) {
+        _ if l.unhealthy.is_some() => {
+            traffic.window(shadow_window, "shadow").take();
+            traffic.take_agreement(shadow_window);
+            let failures = match (&entry.shadow, entry.state.stage) {
+                (Some(gate), Stage::Shadow) => gate.failures_to_rollback,
+                _ => entry.policy.failures_to_rollback,
+            };
+            let reason = l.unhealthy.as_deref().unwrap_or_default();
+            candidate_unhealthy(failures, &mut entry.state, reason)
+        }
+        (Some(gate), Stage::Shadow) => {
+            entry.state.last_stable = stable;
+            let copies = traffic.window(shadow_window, "shadow").take();
+            let agreement = traffic.take_agreement(shadow_window);
+            evaluate_shadow(gate, &entry.policy, &mut entry.state, copies, agreement)
+        }
+        _ => evaluate(&entry.policy, &mut entry.state, stable, canary),
+    };
+    let (label, reason) = match &decision {
+        Decision::Wait(reason) => ("wait", reason.clone()),
+        Decision::Hold(reason) => ("hold", reason.clone()),
+        Decision::StepUp(to) => ("step_up", format!("checks passed; canary weight → {to}%")),
+        Decision::ShadowPassed(to) => (
+            "shadow_passed",
+            format!("the shadow's answers agree; canary weight → {to}%"),
+        ),
+        Decision::Promote => ("promote", "every step passed".to_owned()),
+        Decision::Rollback(reason) => ("rollback", reason.clone()),
+    };
+    entry.state.last_decision = label.to_owned();
+    entry.state.last_reason = reason.clone();
+    // An ended rollout's waits say nothing new.
+    if label != "wait" || entry.state.phase == CanaryPhase::Progressing {
+        let weight = weight_for(&entry.policy, &entry.state);
+        entry.state.remember(weight);
+    }
+    metrics.canary_decision(name, label);
+    metrics.set_rollout_phase(name, phase_label(&entry.state));
+    let versions = entry.model.as_ref().map(|(v, _)| (v.stable, v.candidate));
+    match decision {
+        Decision::Wait(_) => {}
+        Decision::Hold(_) => {
+            warn!(rollout = %name, ?versions, %reason, "Rollout check failed; holding.")
+        }
+        Decision::Rollback(_) => {
+            warn!(rollout = %name, ?versions, %reason, "Rollout rolled back: all traffic to the stable version.");
+            match model {
+                Some(rollout) => updates.push(Update::End {
+                    model: name.clone(),
+                    candidate: rollout.candidate,
+                    promoted: false,
+                    reason,
+                }),
+                None => {
+                    metrics.observe_rollout(name, "rolled_back", entry.started.elapsed());
+                    updates.push(Update::Weight {
+                        endpoint: name.clone(),
+                        percent: 0.0,
+                    })
+                }
+            }
+        }
+        Decision::StepUp(to) | Decision::ShadowPassed(to) => {
+            info!(rollout = %name, ?versions, weight = to, decision = label, "Rollout stepped up.");
+            match model {
+                Some(rollout) => updates.push(Update::Stage {
+                    model: name.clone(),
+                    candidate: rollout.candidate,
+                    percent: to,
+                    shadow: false,
+                }),
+                None => updates.push(Update::Weight {
+                    endpoint: name.clone(),
+                    percent: to,
+                }),
+            }
+        }
+        Decision::Promote => {
+            info!(rollout = %name, ?versions, "Rollout promoted: the candidate takes all traffic.");
+            match model {
+                Some(rollout) => updates.push(Update::End {
+                    model: name.clone(),
+                    candidate: rollout.candidate,
+                    promoted: true,
+                    reason,
+                }),
+                None => {
+                    metrics.observe_rollout(name, "promoted", entry.started.elapsed());
+                    updates.push(Update::Weight {
+                        endpoint: name.clone(),
+                        percent: 100.0,
+                    })
+                }
+            }
+        }
+    }
+}
+
+async fn apply(catalog: &CatalogStore, metrics: &Metrics, update: Update) {
+    match update {
+        Update::Weight { endpoint, percent } => {
+            set_weight(catalog, metrics, &endpoint, percent).await
+        }
+        Update::Stage {
+            model,
+            candidate,
+            percent,
+            shadow,
+        } => set_model_stage(catalog, metrics, &model, candidate, percent, shadow).await,
+        Update::End {
+            model,
+            candidate,
+            promoted,
+            reason,
+        } => end_model_rollout(catalog, metrics, &model, candidate, promoted, &reason).await,
+    }
+}
+
+/// Moves a model rollout's candidate weight (and stops its shadow copies).
+async fn set_model_stage(
+    catalog: &CatalogStore,
+    metrics: &Metrics,
+    model: &str,
+    candidate: u64,
+    percent: f64,
+    shadow: bool,
+) {
+    let writer = catalog.writer().await;
+    let current = writer.current();
+    let Some(entry) = current.models.get(model) else {
+        return;
+    };
+    let Some(rollout) = entry.rollout.as_ref().filter(|r| r.candidate == candidate) else {
+        return;
+    };
+    let mut endpoint = (*rollout.endpoint).clone();
+    set_canary_weight(&mut endpoint, &rollout.policy.canary, percent);
+    if !shadow {
+        endpoint.shadow = None;
+    }
+    for variant in &endpoint.variants {
+        metrics.set_route_weight(model, &variant.name, variant.weight);
+    }
+    let mut rollout = (**rollout).clone();
+    rollout.endpoint = Arc::new(endpoint);
+    let mut entry = entry.clone();
+    entry.rollout = Some(Arc::new(rollout));
+    let mut next = (*current).clone();
+    next.models.insert(model.to_owned(), entry);
+    writer.publish(next);
+}
+
+/// Ends a model's rollout in the catalog: promoted, the candidate becomes the
+/// stable version (the previous one stays loaded for `keep_previous`);
+/// rolled back, the candidate leaves with the reason and stays out until its
+/// content changes.
+async fn end_model_rollout(
+    catalog: &CatalogStore,
+    metrics: &Metrics,
+    model: &str,
+    candidate: u64,
+    promoted: bool,
+    reason: &str,
+) {
+    let writer = catalog.writer().await;
+    let current = writer.current();
+    let Some(entry) = current.models.get(model) else {
+        return;
+    };
+    let Some(rollout) = entry.rollout.clone().filter(|r| r.candidate == candidate) else {
+        return;
+    };
+    let mut entry = entry.clone();
+    entry.rollout = None;
+    let outcome = if promoted {
+        entry.stable = Some(candidate);
+        entry.default_version = Some(candidate);
+        entry.retained.insert(
+            rollout.stable,
+            Instant::now() + rollout.policy.keep_previous,
+        );
+        metrics.set_route_weight(model, crate::config::rollout::STABLE, 0.0);
+        metrics.set_route_weight(model, crate::config::rollout::CANDIDATE, 100.0);
+        info!(
+            model,
+            version = candidate,
+            previous = rollout.stable,
+            kept_for = ?rollout.policy.keep_previous,
+            after = ?rollout.started.elapsed(),
+            "Version promoted: it serves every unversioned request."
+        );
+        "promoted"
+    } else {
+        entry.versions.remove(&candidate);
+        entry
+            .failed
+            .insert(candidate, format!("rolled back: {reason}"));
+        entry
+            .rolled_back
+            .insert(candidate, (rollout.fingerprint.clone(), reason.to_owned()));
+        entry.default_version = Some(rollout.stable);
+        metrics.set_model_ready(model, &candidate.to_string(), false);
+        metrics.set_route_weight(model, crate::config::rollout::STABLE, 100.0);
+        metrics.set_route_weight(model, crate::config::rollout::CANDIDATE, 0.0);
+        warn!(
+            model,
+            version = candidate,
+            stable = rollout.stable,
+            %reason,
+            after = ?rollout.started.elapsed(),
+            "Version rolled back: it drains and unloads, and is not loaded again until its content changes."
+        );
+        "rolled_back"
+    };
+    metrics.observe_rollout(model, outcome, rollout.started.elapsed());
+    let mut next = (*current).clone();
+    next.models.insert(model.to_owned(), entry);
+    writer.publish(next);
+}
+
+impl Rollouts {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Rollouts::default())
+    }
+
+    /// Every rollout, by endpoint or model name.
+    pub fn rollouts(&self) -> BTreeMap<String, RolloutView> {
+        self.entries
+            .lock()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|(name, e)| {
+                        (
+                            name.clone(),
+                            RolloutView {
+                                policy: e.policy.clone(),
+                                shadow: e.shadow.clone(),
+                                model: e.model.as_ref().map(|(v, _)| v.clone()),
+                                state: e.state.clone(),
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Status of every rollout, by name.
+    pub fn states(&self) -> HashMap<String, CanaryState> {
+        self.entries
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .map(|(k, v)| (k.clone(), v.state.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// An operator's command for the rollout named `name`; returns its new state.
+    /// A model's rollout that is promoted or aborted ends at the controller's next turn.
+    pub fn command(
+        &self,
+        name: &str,
+        action: CanaryCommand,
+        metrics: &Metrics,
+    ) -> Result<CanaryState, crate::error::ApiError> {
+        use crate::error::{ApiError, ErrorKind};
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| ApiError::internal("the rollout state is poisoned"))?;
+        let entry = entries.get_mut(name).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "`{name}` has no rollout (a `canary:` policy in the route file, or a model's `rollout:` policy with a new version arriving)"
+            ))
+        })?;
+        command(&mut entry.state, action)
+            .map_err(|reason| ApiError::new(ErrorKind::Conflict, reason))?;
+        let weight = weight_for(&entry.policy, &entry.state);
+        entry.state.remember(weight);
+        entry.last_check = Instant::now();
+        // A model's rollout is timed when it ends in the catalog.
+        if entry.model.is_none() && entry.ended() {
+            let outcome = if entry.state.phase == CanaryPhase::Promoted {
+                "promoted"
+            } else {
+                "rolled_back"
+            };
+            metrics.observe_rollout(name, outcome, entry.started.elapsed());
+        }
+        metrics.canary_decision(name, action.label());
+        metrics.set_rollout_phase(name, phase_label(&entry.state));
+        info!(
+            rollout = name,
+            action = action.label(),
+            "Rollout changed by an operator."
+        );
+        Ok(entry.state.clone())
+    }
+
+    /// Pauses the rollout of `endpoint` if one progresses; `Err` names why a
+    /// manual change would fight it (unless `force`).
+    fn yield_to_operator(
+        &self,
+        endpoint: &str,
+        force: bool,
+        metrics: &Metrics,
+    ) -> Result<(), String> {
+        let Ok(mut entries) = self.entries.lock() else {
+            return Ok(());
+        };
+        let Some(entry) = entries.get_mut(endpoint) else {
+            return Ok(());
+        };
+        if entry.state.phase != CanaryPhase::Progressing {
+            return Ok(());
+        }
+        if !force {
+            return Err(format!(
+                "endpoint `{endpoint}` has a canary rollout in progress that sets its weights; pause it first (POST /v2/endpoints/{endpoint}/canary/pause) or pass \"force\": true, which pauses it"
+            ));
+        }
+        let _ = command(&mut entry.state, CanaryCommand::Pause);
+        let weight = weight_for(&entry.policy, &entry.state);
+        entry.state.remember(weight);
+        metrics.canary_decision(endpoint, "pause");
+        metrics.set_rollout_phase(endpoint, phase_label(&entry.state));
+        Ok(())
+    }
+}
+
+/// Sets an endpoint's variant weights by hand (the control API), as one
+/// catalog swap. They hold until the route file changes. A progressing
+/// canary rollout would overwrite them: refused unless `force` (which pauses it).
+pub async fn set_weights(
+    catalog: &CatalogStore,
+    rollouts: &Rollouts,
+    metrics: &Metrics,
+    endpoint: &str,
+    weights: &BTreeMap<String, f64>,
+    force: bool,
+) -> Result<(), crate::error::ApiError> {
+    use crate::error::{ApiError, ErrorKind};
+    let writer = catalog.writer().await;
+    let current = writer.current();
+    let existing = current.routes.endpoints.get(endpoint).ok_or_else(|| {
+        if current
+            .models
+            .get(endpoint)
+            .is_some_and(|e| e.rollout.is_some())
+        {
+            ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "`{endpoint}` is a model rolling out a new version; its weights follow the rollout (POST /v2/endpoints/{endpoint}/canary/pause, resume, abort or promote)"
+                ),
+            )
+        } else {
+            ApiError::not_found(format!("unknown endpoint `{endpoint}`"))
+        }
+    })?;
+    let names: Vec<&str> = existing.variants.iter().map(|v| v.name.as_str()).collect();
+    for (name, weight) in weights {
+        if !names.contains(&name.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "endpoint `{endpoint}` has no variant `{name}`; variants: {names:?}"
+            )));
+        }
+        if !(weight.is_finite() && *weight >= 0.0) {
+            return Err(ApiError::invalid(format!(
+                "variant `{name}`: a weight is a non-negative number, got {weight}"
+            )));
+        }
+    }
+    let mut updated = (**existing).clone();
+    for variant in &mut updated.variants {
+        if let Some(weight) = weights.get(&variant.name) {
+            variant.weight = *weight;
+        }
+    }
+    if updated.variants.iter().map(|v| v.weight).sum::<f64>() <= 0.0 {
+        return Err(ApiError::invalid(format!(
+            "endpoint `{endpoint}`: the weights would add up to 0; some variant must take traffic"
+        )));
+    }
+    rollouts
+        .yield_to_operator(endpoint, force, metrics)
+        .map_err(|reason| ApiError::new(ErrorKind::Conflict, reason))?;
+    info!(endpoint, ?weights, "Endpoint weights set by an operator.");
+    publish_endpoint(&writer, metrics, updated);
+    Ok(())
+}
+
+/// Swaps one endpoint's new variants in (its weight gauges follow), as one catalog swap.
+fn publish_endpoint(
+    writer: &crate::serve::catalog::CatalogWriter<'_>,
+    metrics: &Metrics,
+    updated: Endpoint,
+) {
+    for variant in &updated.variants {
+        metrics.set_route_weight(&updated.name, &variant.name, variant.weight);
+    }
+    let current = writer.current();
+    let mut routes = (*current.routes).clone();
+    routes
+        .endpoints
+        .insert(updated.name.clone(), Arc::new(updated));
+    let mut next = (*current).clone();
+    next.routes = Arc::new(routes);
+    writer.publish(next);
+}
+
+/// Sets a canary's share of its endpoint (the stable gets the rest), as one catalog swap.
+async fn set_weight(catalog: &CatalogStore, metrics: &Metrics, endpoint: &str, percent: f64) {
+    let writer = catalog.writer().await;
+    let current = writer.current();
+    let Some(existing) = current.routes.endpoints.get(endpoint) else {
+        return;
+    };
+    let Some(policy) = existing.canary.clone() else {
+        return;
+    };
+    let mut updated = (**existing).clone();
+    set_canary_weight(&mut updated, &policy, percent);
+    publish_endpoint(&writer, metrics, updated);
+}
