@@ -1,4 +1,4 @@
-"""Tests of the benchmark harness's own arithmetic (bench/run.py)."""
+"""Tests of the benchmark harness's own arithmetic (bench/run.py, bench/overhead.py)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,29 @@ def test_grafana_dashboard_uses_only_metrics_the_server_defines():
         for target in panel["targets"]:
             used |= {re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"switchyard_[a-z_]+", target["expr"])}
     assert used and used <= defined, used - defined
+
+
+def test_the_overhead_table_subtracts_what_it_says_and_marks_each_target():
+    import overhead
+
+    def round_(cpu_unbatched: float, cpu_batched: float) -> dict:
+        out = {"raw_b1_us": 70.0, "raw_b1_rps": 14000.0, "raw_b1_p50_ms": 0.070, "raw_row_us": 25.0}
+        for protocol, floor in (("http-json", "http-live"), ("grpc", "grpc-live")):
+            out[("unbatched", protocol, 64)] = {"rps": 10500.0, "cpu_us": cpu_unbatched, "switches": 2.0}
+            out[("unbatched", protocol, 1)] = {"p50_ms": 0.150, "cpu_us": 0.0, "switches": 1.0}
+            out[("batched", protocol, 64)] = {"rps": 20000.0, "cpu_us": cpu_batched, "switches": 0.1}
+            for concurrency in (1, 64):
+                out[("floor", floor, concurrency)] = {"p50_ms": 0.060, "cpu_us": 10.0}
+        return out
+
+    # Medians of rounds: 100 and 120 → 110 µs, so 40 µs over raw; batched 35 → 10 over the row.
+    text = overhead.table({"now": [round_(100, 30), round_(120, 40), round_(110, 35)]})
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()}
+    assert lines["unbatched grpc c=64: CPU − raw b1"].endswith("| 40 ✓ |")
+    assert lines["unbatched grpc c=64: req/s ÷ raw b1 rows/s"].endswith("| 0.75 ✓ |")
+    assert lines["unbatched grpc c=64: CPU − raw b1 − floor CPU"].endswith("| 30 |")
+    assert lines["batched http-json c=64: CPU − raw µs/row"].endswith("| 10 ✓ |")
+    # 150 − 60 − 70 = 20 µs of gateway latency at c=1.
+    assert lines["c=1 grpc: gateway = p50 − floor − raw b1"].endswith("| 20 ✓ |")
+    failing = overhead.table({"now": [round_(200, 80)]})
+    assert "| 130 ✗ |" in failing and "| 55 ✗ |" in failing

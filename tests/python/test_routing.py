@@ -343,3 +343,23 @@ def test_the_control_api_sets_weights_and_commands_a_canary(tmp_path):
         assert metric(metrics, 'switchyard_canary_decisions_total{decision="pause",endpoint="scoring"}') == 1
     finally:
         assert server.stop() == 0
+
+
+def test_an_endpoint_answers_metadata_and_readiness_as_a_model(tmp_path):
+    """Clients (tritonclient, perf_analyzer-style tools) ask for metadata before inferring."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    server = Server(repository=repo_with(tmp_path, SPLIT))
+    try:
+        metadata = requests.get(f"http://{server.http}/v2/models/scoring", timeout=10).json()
+        assert metadata["name"] == "scoring" and metadata["versions"] == []
+        assert [i["name"] for i in metadata["inputs"]] == ["x"] and [o["name"] for o in metadata["outputs"]] == ["y"]
+        assert requests.get(f"http://{server.http}/v2/models/scoring/ready", timeout=10).status_code == 200
+        assert httpclient.InferenceServerClient(server.http).is_model_ready("scoring")
+        grpc_client = grpcclient.InferenceServerClient(server.grpc)
+        assert grpc_client.get_model_metadata("scoring").inputs[0].name == "x"
+        assert grpc_client.is_model_ready("scoring")
+        assert requests.get(f"http://{server.http}/v2/models/nothing/ready", timeout=10).status_code == 404
+    finally:
+        assert server.stop() == 0

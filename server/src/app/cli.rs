@@ -197,6 +197,12 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MAX_REQUEST_TIME", default_value = "300s", value_parser = humantime::parse_duration)]
     pub max_request_time: Duration,
 
+    /// Threads that run the HTTP and gRPC edges (I/O, decoding, encoding);
+    /// model instances run on threads of their own. Default: the cores this
+    /// process may use (its CPU affinity and cgroup quota).
+    #[arg(long, env = "SWITCHYARD_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub io_threads: Option<u16>,
+
     /// ONNX Runtime intra-op threads per model instance (models may override).
     #[arg(long, env = "SWITCHYARD_ONNX_INTRA_OP_THREADS", default_value_t = 1)]
     pub onnx_intra_op_threads: usize,

@@ -27,6 +27,20 @@ pub fn metadata(
     model: &str,
     version: Option<&str>,
 ) -> Result<Metadata, ApiError> {
+    if version.is_none_or(str::is_empty)
+        && let Some(served) = catalog.endpoint_model(model)
+    {
+        // An endpoint answers with what its variants take and give (the
+        // heaviest ready one's), under its own name; it has no versions.
+        let found = served?;
+        return Ok(Metadata {
+            name: model.to_owned(),
+            versions: Vec::new(),
+            platform: found.config.platform.as_str(),
+            inputs: found.signature.inputs.clone(),
+            outputs: found.signature.outputs.clone(),
+        });
+    }
     let found = catalog.lookup(model, version)?;
     let versions = catalog
         .models
@@ -45,6 +59,11 @@ pub fn metadata(
 /// Whether the model (version) serves; a known model that cannot serve is
 /// "not ready", not an error.
 pub fn ready(catalog: &Catalog, model: &str, version: Option<&str>) -> Result<bool, ApiError> {
+    if version.is_none_or(str::is_empty)
+        && let Some(served) = catalog.endpoint_model(model)
+    {
+        return Ok(served.is_ok());
+    }
     match catalog.lookup(model, version) {
         Ok(_) => Ok(true),
         Err(err) if err.kind == ErrorKind::Unavailable => Ok(false),

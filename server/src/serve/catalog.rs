@@ -305,6 +305,28 @@ impl Catalog {
         self.lookup(&target.model, version.as_deref())
     }
 
+    /// For an endpoint's name: its ready variant with the most traffic (what
+    /// its metadata and readiness show); `None` when `name` is no endpoint.
+    pub fn endpoint_model(&self, name: &str) -> Option<Result<Arc<ModelVersion>, ApiError>> {
+        let endpoint = self.routes.endpoints.get(name)?;
+        let mut variants: Vec<_> = endpoint
+            .variants
+            .iter()
+            .filter(|v| v.weight > 0.0)
+            .collect();
+        variants.sort_by(|a, b| b.weight.total_cmp(&a.weight));
+        Some(
+            variants
+                .iter()
+                .find_map(|v| self.resolve(&v.target).ok())
+                .ok_or_else(|| {
+                    ApiError::unavailable(format!(
+                        "endpoint `{name}` has no ready variant with traffic"
+                    ))
+                }),
+        )
+    }
+
     /// Whether every model has at least one version serving.
     pub fn all_ready(&self) -> bool {
         self.models.values().all(ModelEntry::is_ready)
