@@ -106,3 +106,41 @@ def test_behind_auth_the_console_needs_a_token_for_its_data(tmp_path):
         assert 'data-loaded="true"' in with_token and 'data-model="versioned"' in with_token
     finally:
         assert server.stop() == 0
+
+
+def test_the_console_shows_a_model_rollout_with_its_shadow_agreement(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "versioned").mkdir(parents=True)
+    # A long canary interval keeps it in view once the shadow passes.
+    (repo / "versioned" / "config.yaml").write_text(
+        "rollout:\n  shadow: {percent: 50, interval: 300ms, min_requests: 5}\n"
+        "  canary: {steps: [20, 100], interval: 1h}\n")
+    write_version(repo, "versioned", 1)
+    server = Server("--repository-poll-interval", "100ms", repository=repo)
+    stop = threading.Event()
+
+    def load():
+        session = requests.Session()
+        while not stop.is_set():
+            session.post(f"http://{server.http}/v2/models/versioned/infer", json=BODY, timeout=10)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=load, daemon=True)
+    try:
+        thread.start()
+        write_version(repo, "versioned", 2, __import__("lifecycle_helpers").versioned_bytes(1))
+        wait_for(lambda: requests.get(f"http://{server.http}/v2/rollouts/versioned", timeout=10).json().get("stage")
+                 == "canary", 30, "the shadow stage to pass")
+        page = dom(f"http://{server.http}/console", tmp_path)
+        box = re.search(r'data-rollout="versioned"(.*?)</table>', page, flags=re.S)
+        assert box, page[-3000:]
+        text = box.group(1)
+        assert "version 1 → 2" in text and "progressing (canary)" in text, text[:2000]
+        assert 'class="chart agreement"' in text, "the agreement chart is drawn"
+        assert re.search(r'class="decision">shadow_passed<', text)
+        agreed = re.search(r'class="agreement">(\d+)/(\d+)<', text)
+        assert agreed and agreed.group(1) == agreed.group(2) and int(agreed.group(2)) >= 5, text[:3000]
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+        assert server.stop() == 0
