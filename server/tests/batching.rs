@@ -156,6 +156,7 @@ async fn a_request_over_max_batch_size_or_with_mismatched_rows_is_refused() {
         ..Default::default()
     };
     let mut served = switchyard::serve::infer::Served {
+        routed: None,
         model: None,
         started: std::time::Instant::now(),
     };

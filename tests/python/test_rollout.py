@@ -216,7 +216,8 @@ def test_a_version_failing_at_run_time_is_rolled_back_in_the_canary_stage_on_its
         results = load.snapshot()
         failures = [r for r in results[:ended_at] if r[0] != 200]
         assert failures, "the broken version never got traffic"
-        # (an error answer names no variant; the metrics below say whose it was)
+        # Error answers name the variant that failed, as successful ones do.
+        assert all(variant == "candidate" for _, _, _, variant in failures), failures[:5]
         assert len(failures) / ended_at < 0.35, len(failures) / ended_at  # the 20% step, give or take
         assert all(r[0] == 200 and r[1] == 1 for r in results[ended_at + 8:]), "after the rollback, version 1 answers"
         state = rollout(server)

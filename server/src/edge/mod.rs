@@ -248,8 +248,8 @@ impl Edge {
 /// One inference as both edges run it: the `infer` span (joined to an
 /// incoming `traceparent`) with `decode` and `encode` children, the request
 /// path, and the request's metrics (counted after encoding, so an encoding
-/// failure counts as what it is). Returns the encoded answer and the route
-/// that served it, for the edge's route headers.
+/// failure counts as what it is). Returns the encoded answer (or the error)
+/// and the route that took the request, for the edge's route headers.
 pub async fn infer<Context, Encoded>(
     edge: &Edge,
     protocol: Protocol,
@@ -257,10 +257,11 @@ pub async fn infer<Context, Encoded>(
     headers: ::http::HeaderMap,
     decode: impl Future<Output = Result<(InferRequest, Context), ApiError>>,
     encode: impl FnOnce(InferResponse, Context) -> Result<Encoded, ApiError>,
-) -> Result<(Encoded, Option<Routed>), ApiError> {
+) -> (Result<Encoded, ApiError>, Option<Routed>) {
     let mut served = Served {
         model: None,
         started: Instant::now(),
+        routed: None,
     };
     let span = tracing::info_span!("infer", model = %model, protocol = protocol.as_label());
     crate::telemetry::adopt_parent(&span, &headers);
@@ -273,15 +274,12 @@ pub async fn infer<Context, Encoded>(
         let (mut request, context) = decode.instrument(tracing::info_span!("decode")).await?;
         request.headers = headers;
         let response = crate::serve::infer::infer(&edge.serving, request, &mut served).await?;
-        let routed = response.routed.clone();
-        tracing::info_span!("encode")
-            .in_scope(|| encode(response, context))
-            .map(|encoded| (encoded, routed))
+        tracing::info_span!("encode").in_scope(|| encode(response, context))
     }
     .instrument(span)
     .await;
     served.record(&edge.serving.metrics, protocol.as_label(), &result);
-    result
+    (result, served.routed)
 }
 
 #[cfg(test)]

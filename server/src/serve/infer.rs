@@ -313,6 +313,8 @@ pub fn validate(model: &ModelVersion, request: &InferRequest) -> Result<(), ApiE
 pub struct Served {
     pub model: Option<Arc<ModelVersion>>,
     pub started: Instant,
+    /// The route that took the request, once chosen (error answers name it too).
+    pub routed: Option<Routed>,
 }
 
 impl Served {
@@ -368,6 +370,7 @@ pub async fn infer(
             .map(|(policy, id)| (policy, id.as_str())),
     )?;
     served.model = Some(model.clone());
+    served.routed.clone_from(&routed);
     let capture = serving.capture.as_ref().and_then(|capture| {
         let (policy, id) = match endpoint_capture {
             Some(decided) => decided,

@@ -69,7 +69,7 @@ async fn stream_one(
 ) -> ModelStreamInferResponse {
     let model = request.model_name.clone();
     let decode = async { decode_request(request).map(|decoded| (decoded, ())) };
-    let result = crate::edge::infer(
+    let (result, _) = crate::edge::infer(
         edge,
         Protocol::Grpc,
         &model,
@@ -79,7 +79,7 @@ async fn stream_one(
     )
     .await;
     match result {
-        Ok((encoded, _)) => ModelStreamInferResponse {
+        Ok(encoded) => ModelStreamInferResponse {
             error_message: String::new(),
             infer_response: Some(encoded),
         },
@@ -340,7 +340,7 @@ impl GrpcInferenceService for GrpcService {
         let headers = request.metadata().clone().into_headers();
         let model = request.get_ref().model_name.clone();
         let decode = async { decode_request(request.into_inner()).map(|decoded| (decoded, ())) };
-        let (encoded, routed) = crate::edge::infer(
+        let (result, routed) = crate::edge::infer(
             &self.edge,
             Protocol::Grpc,
             &model,
@@ -348,19 +348,27 @@ impl GrpcInferenceService for GrpcService {
             decode,
             |response, ()| Ok(encode_response(response)),
         )
-        .await?;
-        let mut reply = Response::new(encoded);
-        if let Some((endpoint, variant)) = routed
-            && let (Ok(endpoint), Ok(variant)) = (endpoint.parse(), variant.parse())
-        {
-            reply
-                .metadata_mut()
-                .insert(crate::edge::ENDPOINT_HEADER, endpoint);
-            reply
-                .metadata_mut()
-                .insert(crate::edge::VARIANT_HEADER, variant);
+        .await;
+        let name_route = |metadata: &mut tonic::metadata::MetadataMap| {
+            if let Some((endpoint, variant)) = &routed
+                && let (Ok(endpoint), Ok(variant)) = (endpoint.parse(), variant.parse())
+            {
+                metadata.insert(crate::edge::ENDPOINT_HEADER, endpoint);
+                metadata.insert(crate::edge::VARIANT_HEADER, variant);
+            }
+        };
+        match result {
+            Ok(encoded) => {
+                let mut reply = Response::new(encoded);
+                name_route(reply.metadata_mut());
+                Ok(reply)
+            }
+            Err(err) => {
+                let mut status = Status::from(err);
+                name_route(status.metadata_mut());
+                Err(status)
+            }
         }
-        Ok(reply)
     }
 
     async fn model_config(

@@ -404,7 +404,7 @@ async fn infer_http(
         let decoded = decode_request(&model, version.as_deref(), body, header_length)?;
         Ok((decoded.request, decoded.binary))
     };
-    let result = crate::edge::infer(
+    let (result, routed) = crate::edge::infer(
         &edge,
         Protocol::Http,
         &model,
@@ -414,8 +414,19 @@ async fn infer_http(
     )
     .await;
     let compress = compression::response_encoding(&headers);
+    let name_route = |headers: &mut HeaderMap| {
+        if let Some((endpoint, variant)) = &routed
+            && let (Ok(endpoint), Ok(variant)) = (
+                HeaderValue::try_from(endpoint.as_str()),
+                HeaderValue::try_from(variant.as_str()),
+            )
+        {
+            headers.insert(crate::edge::ENDPOINT_HEADER, endpoint);
+            headers.insert(crate::edge::VARIANT_HEADER, variant);
+        }
+    };
     match result {
-        Ok((encoded, routed)) => {
+        Ok(encoded) => {
             let (body, content_encoding) = match compress {
                 Some(encoding) => match compression::deflate(encoding, &encoded.body) {
                     Ok(packed) => (packed, Some(encoding.header_value())),
@@ -428,15 +439,7 @@ async fn infer_http(
             if let Some(value) = content_encoding {
                 headers.insert(header::CONTENT_ENCODING, value);
             }
-            if let Some((endpoint, variant)) = routed
-                && let (Ok(endpoint), Ok(variant)) = (
-                    HeaderValue::try_from(endpoint),
-                    HeaderValue::try_from(variant),
-                )
-            {
-                headers.insert(crate::edge::ENDPOINT_HEADER, endpoint);
-                headers.insert(crate::edge::VARIANT_HEADER, variant);
-            }
+            name_route(headers);
             match encoded.json_length {
                 Some(len) => {
                     headers.insert(
@@ -454,7 +457,11 @@ async fn infer_http(
             }
             response
         }
-        Err(err) => err.into_response(),
+        Err(err) => {
+            let mut response = err.into_response();
+            name_route(response.headers_mut());
+            response
+        }
     }
 }
 
