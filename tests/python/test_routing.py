@@ -363,3 +363,43 @@ def test_an_endpoint_answers_metadata_and_readiness_as_a_model(tmp_path):
         assert requests.get(f"http://{server.http}/v2/models/nothing/ready", timeout=10).status_code == 404
     finally:
         assert server.stop() == 0
+
+
+def test_error_answers_name_the_variant_that_failed_on_both_protocols(tmp_path):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    repo = repo_with(tmp_path, """
+endpoints:
+  scoring:
+    variants:
+      - {name: stable, model: versioned, version: 1, weight: 100}
+      - {name: broken, model: broken, weight: 0}
+""")
+    (repo / "broken").mkdir()
+    (repo / "broken" / "config.yaml").write_text("warmup: false\n")
+    write_version(repo, "broken", 1, make_models.make_broken().SerializeToString())
+    server = Server(repository=repo)
+    try:
+        pinned = {"x-switchyard-variant": "broken"}
+        response = call(server, headers=pinned)
+        assert response.status_code >= 400
+        assert (response.headers.get("x-switchyard-endpoint"), response.headers.get("x-switchyard-variant")) == \
+            ("scoring", "broken"), response.headers
+        request = service_pb2.ModelInferRequest(model_name="scoring")
+        tensor = request.inputs.add()
+        tensor.name, tensor.datatype = "x", "FP32"
+        tensor.shape.extend([2, 4])
+        tensor.contents.fp32_contents.extend([float(i) for i in range(8)])
+        with grpc.insecure_channel(server.grpc) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            try:
+                stub.ModelInfer(request, metadata=tuple(pinned.items()), timeout=30)
+                raise AssertionError("the broken variant answered")
+            except grpc.RpcError as err:
+                metadata = dict(err.trailing_metadata() or ()) | dict(err.initial_metadata() or ())
+                assert metadata.get("x-switchyard-variant") == "broken", metadata
+            _, call_info = stub.ModelInfer.with_call(request, timeout=30)
+            assert dict(call_info.initial_metadata()).get("x-switchyard-variant") == "stable"
+    finally:
+        assert server.stop() == 0
