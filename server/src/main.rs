@@ -81,6 +81,7 @@ async fn run(
                 &config.capture()?,
                 metrics.clone(),
             )?,
+            rollout_memory: Some(config.cache_dir().join("rollouts.json")),
         },
         metrics,
     );

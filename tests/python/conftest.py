@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -28,6 +29,11 @@ class Server:
         self.log_file = tempfile.NamedTemporaryFile(prefix="switchyard-", suffix=".log", delete=False)
         env = {**os.environ, **(env or {})}
         env.setdefault("ORT_DYLIB_PATH", str(ORT_LIB))
+        # Each server its own model cache (and rollout memory) unless a test shares one.
+        self.own_cache = None
+        if "SWITCHYARD_MODEL_CACHE_DIR" not in env:
+            self.own_cache = tempfile.mkdtemp(prefix="switchyard-cache-")
+            env["SWITCHYARD_MODEL_CACHE_DIR"] = self.own_cache
         args = [
             str(BINARY),
             "--model-repository", str(repository),
@@ -73,6 +79,8 @@ class Server:
         if not self.log_file.closed:
             self.log_file.close()
             os.unlink(self.log_file.name)
+        if self.own_cache:
+            shutil.rmtree(self.own_cache, ignore_errors=True)
         return self.process.returncode
 
 

@@ -80,7 +80,7 @@ class Load:
 
 
 def repository(tmp_path, config: str):
-    (tmp_path / "versioned").mkdir()
+    (tmp_path / "versioned").mkdir(parents=True)
     (tmp_path / "versioned" / "config.yaml").write_text(config)
     write_version(tmp_path, "versioned", 1)
     return tmp_path
@@ -262,5 +262,40 @@ def test_operators_promote_or_abort_a_model_rollout_through_the_control_api(tmp_
         history = requests.get(f"http://{server.http}/v2/rollouts/versioned", headers=admin, timeout=10).json()["history"]
         assert [e["decision"] for e in history] == ["started", "abort"], history
         assert "by an operator" in history[-1]["reason"]
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_restart_serves_the_promoted_version_and_keeps_a_rolled_back_one_out(tmp_path):
+    repo = repository(tmp_path / "repo", POLICY)
+    memory = ("--model-cache-dir", str(tmp_path / "cache"))
+
+    def start():
+        return Server("--repository-poll-interval", "100ms", *memory, repository=repo)
+
+    server = start()
+    try:
+        write_version(repo, "versioned", 2)  # answers differently: rolled back
+        with Load(server):
+            wait_for(lambda: rollout(server).get("phase") == "rolled_back", 60, "rollback")
+    finally:
+        assert server.stop() == 0
+    server = start()
+    try:
+        assert unversioned(server)[1] == "1", "the rolled-back version is not the newest to serve after a restart"
+        rows = [r for r in index(server.http) if r.get("version") == "2"]
+        assert rows and rows[0]["reason"].startswith("rolled back:"), rows
+        assert requests.get(f"http://{server.http}/v2/rollouts/versioned", timeout=10).status_code == 404
+        # A fixed version 2 earns its place; then version 3 arrives while no server runs.
+        write_version(repo, "versioned", 2, versioned_bytes(1))
+        with Load(server):
+            wait_for(lambda: rollout(server).get("phase") == "promoted", 60, "the fixed version's promotion")
+    finally:
+        assert server.stop() == 0
+    write_version(repo, "versioned", 3, versioned_bytes(1))
+    server = start()
+    try:
+        assert unversioned(server)[1] == "2", "the promoted version serves; the newer one must earn its traffic"
+        wait_for(lambda: (rollout(server).get("versions") or {}).get("candidate") == 3, 20, "version 3's rollout")
     finally:
         assert server.stop() == 0

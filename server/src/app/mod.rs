@@ -64,6 +64,8 @@ pub struct Parts {
     pub telemetry: Arc<crate::telemetry::Controls>,
     /// Payload capture's sinks (`Capture::start`), if any are configured.
     pub capture: Option<Arc<crate::serve::capture::Capture>>,
+    /// Where rollouts' outcomes are remembered across restarts, if anywhere.
+    pub rollout_memory: Option<PathBuf>,
 }
 
 /// The wired server: its edges (which hold the request path) and its control plane.
@@ -83,9 +85,13 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
         settings,
         telemetry,
         capture,
+        rollout_memory,
     } = parts;
     let catalog = CatalogStore::new();
-    let lifecycle = Lifecycle::new(sources, defaults, metrics.clone()).with_routes(routes);
+    let memory = crate::control::rollouts::Memory::new(rollout_memory);
+    let lifecycle = Lifecycle::new(sources, defaults, metrics.clone())
+        .with_routes(routes)
+        .with_rollout_memory(memory.clone());
     let control = Control::new(
         lifecycle,
         catalog.clone(),
@@ -105,7 +111,7 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
     let edge = Edge::new(
         serving,
         control.clone(),
-        Rollouts::new(),
+        Rollouts::new(memory),
         EdgeSettings {
             tokens: settings.tokens,
             max_request_bytes: settings.max_request_bytes,

@@ -81,7 +81,7 @@ struct Live {
     policy: CanaryPolicy,
     shadow: Option<ShadowGate>,
     model: Option<Arc<ModelRollout>>,
-    /// Why a model rollout's candidate refuses requests (its breaker is open).
+    /// Why the candidate (canary variant) refuses requests (its breaker is open).
     unhealthy: Option<String>,
 }
 
@@ -109,6 +109,65 @@ enum Update {
 #[derive(Default)]
 pub struct Rollouts {
     entries: Mutex<HashMap<String, RolloutEntry>>,
+    memory: Memory,
+}
+
+/// What a model's rollouts decided, kept on disk so that a restarted server
+/// serves the promoted version, not simply the newest, and does not bring a
+/// rolled-back version back (a rollout left unfinished starts again).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Remembered {
+    pub stable: Option<u64>,
+    /// Version → (fingerprint, reason).
+    #[serde(default)]
+    pub rolled_back: BTreeMap<u64, (String, String)>,
+}
+
+/// The file rollouts' outcomes are kept in (`<model cache dir>/rollouts.json`);
+/// none: nothing is remembered.
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    path: Option<std::path::PathBuf>,
+}
+
+impl Memory {
+    pub fn new(path: Option<std::path::PathBuf>) -> Self {
+        Memory { path }
+    }
+
+    /// Every model's outcomes; an unreadable file is said once and treated as empty.
+    pub fn load(&self) -> BTreeMap<String, Remembered> {
+        let Some(path) = &self.path else {
+            return BTreeMap::new();
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                warn!(path = %path.display(), error = %err, "Rollout memory unreadable; starting without it.");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        }
+    }
+
+    /// Records `model`'s outcomes (written whole to a temp file, then renamed).
+    fn save(&self, model: &str, remembered: Remembered) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        let mut all = self.load();
+        all.insert(model.to_owned(), remembered);
+        let written = (|| -> std::io::Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let temp = path.with_extension("json.tmp");
+            std::fs::write(&temp, serde_json::to_vec_pretty(&all)?)?;
+            std::fs::rename(&temp, path)
+        })();
+        if let Err(err) = written {
+            warn!(path = %path.display(), error = %err, "Could not remember the rollout's outcome; a restart serves the newest version.");
+        }
+    }
 }
 
 /// One rollout as the control API shows it.
@@ -144,7 +203,11 @@ pub async fn run_controller(
                     policy: endpoint.canary.clone()?,
                     shadow: None,
                     model: None,
-                    unhealthy: None,
+                    unhealthy: endpoint
+                        .variants
+                        .iter()
+                        .find(|v| Some(&v.name) == endpoint.canary.as_ref().map(|c| &c.canary))
+                        .and_then(|v| snapshot.unhealthy(&v.target)),
                 })
             })
             .chain(snapshot.models.iter().filter_map(|(name, entry)| {
@@ -163,6 +226,7 @@ pub async fn run_controller(
                 })
             }))
             .collect();
+        let memory = rollouts.memory.clone();
         let updates = {
             let Ok(mut entries) = rollouts.entries.lock() else {
                 break;
@@ -182,7 +246,7 @@ pub async fn run_controller(
             updates
         };
         for update in updates {
-            apply(&catalog, &metrics, update).await;
+            apply(&catalog, &metrics, &memory, update).await;
         }
     }
 }
@@ -288,6 +352,8 @@ fn step(
     let canary = traffic.window(name, &entry.policy.canary).take();
     let decision = match (&entry.shadow, entry.state.stage) {
         _ if l.unhealthy.is_some() => {
+            entry.state.last_stable = stable;
+            entry.state.last_canary = canary;
             traffic.window(shadow_window, "shadow").take();
             traffic.take_agreement(shadow_window);
             let failures = match (&entry.shadow, entry.state.stage) {
@@ -385,7 +451,7 @@ fn step(
     }
 }
 
-async fn apply(catalog: &CatalogStore, metrics: &Metrics, update: Update) {
+async fn apply(catalog: &CatalogStore, metrics: &Metrics, memory: &Memory, update: Update) {
     match update {
         Update::Weight { endpoint, percent } => {
             set_weight(catalog, metrics, &endpoint, percent).await
@@ -401,7 +467,12 @@ async fn apply(catalog: &CatalogStore, metrics: &Metrics, update: Update) {
             candidate,
             promoted,
             reason,
-        } => end_model_rollout(catalog, metrics, &model, candidate, promoted, &reason).await,
+        } => {
+            end_model_rollout(
+                catalog, metrics, memory, &model, candidate, promoted, &reason,
+            )
+            .await
+        }
     }
 }
 
@@ -446,6 +517,7 @@ async fn set_model_stage(
 async fn end_model_rollout(
     catalog: &CatalogStore,
     metrics: &Metrics,
+    memory: &Memory,
     model: &str,
     candidate: u64,
     promoted: bool,
@@ -502,14 +574,24 @@ async fn end_model_rollout(
         "rolled_back"
     };
     metrics.observe_rollout(model, outcome, rollout.started.elapsed());
+    memory.save(
+        model,
+        Remembered {
+            stable: entry.stable,
+            rolled_back: entry.rolled_back.clone(),
+        },
+    );
     let mut next = (*current).clone();
     next.models.insert(model.to_owned(), entry);
     writer.publish(next);
 }
 
 impl Rollouts {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Rollouts::default())
+    pub fn new(memory: Memory) -> Arc<Self> {
+        Arc::new(Rollouts {
+            entries: Mutex::default(),
+            memory,
+        })
     }
 
     /// Every rollout, by endpoint or model name.

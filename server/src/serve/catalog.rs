@@ -281,6 +281,25 @@ impl Catalog {
         }
     }
 
+    /// Why the loaded version a route target means refuses requests (its
+    /// breaker is open); `None` when it is healthy or not loaded at all.
+    pub fn unhealthy(&self, target: &crate::config::routes::Target) -> Option<String> {
+        let version = match (&target.version, &target.alias) {
+            (Some(v), _) => Some(v.to_string()),
+            (None, Some(alias)) => Some(
+                self.models
+                    .get(&target.model)?
+                    .aliases
+                    .get(alias)?
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        self.lookup_loaded(&target.model, version.as_deref())
+            .ok()?
+            .unhealthy()
+    }
+
     /// The loaded version a route target means (fixed version, alias, or default).
     pub fn resolve(
         &self,

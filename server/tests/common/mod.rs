@@ -69,6 +69,7 @@ pub async fn state_for(repo: &Path, settings: Settings) -> App {
             settings,
             telemetry: switchyard::telemetry::Controls::detached(&telemetry_config()),
             capture: None,
+            rollout_memory: None,
         },
         Metrics::new().unwrap(),
     );

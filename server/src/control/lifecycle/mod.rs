@@ -46,6 +46,9 @@ pub struct Lifecycle {
     routes_path: Option<PathBuf>,
     /// The route file text behind the routes in force.
     routes_text: Option<String>,
+    /// Rollout outcomes from before a restart, read once at the first load.
+    rollout_memory: crate::control::rollouts::Memory,
+    remembered: BTreeMap<String, crate::control::rollouts::Remembered>,
 }
 
 /// What one reconcile changed.
@@ -66,7 +69,16 @@ impl Lifecycle {
             source_errors: BTreeMap::new(),
             routes_path: None,
             routes_text: None,
+            rollout_memory: crate::control::rollouts::Memory::default(),
+            remembered: BTreeMap::new(),
         }
+    }
+
+    /// Remember rollouts' outcomes in this file across restarts.
+    pub fn with_rollout_memory(mut self, memory: crate::control::rollouts::Memory) -> Self {
+        self.remembered = memory.load();
+        self.rollout_memory = memory;
+        self
     }
 
     /// Serve the endpoints of this route file (watched like the models).
@@ -330,11 +342,14 @@ impl Lifecycle {
                     outcome.loaded.push((model.clone(), *version));
                 }
             }
-            if let Some(reason) = entry
-                .error
-                .clone()
-                .or_else(|| entry.failed.values().next_back().cloned())
-            {
+            // A rolled-back version is a rollout's decision, not a load failure.
+            if let Some(reason) = entry.error.clone().or_else(|| {
+                entry
+                    .failed
+                    .iter()
+                    .rfind(|(v, _)| !entry.rolled_back.contains_key(v))
+                    .map(|(_, reason)| reason.clone())
+            }) {
                 outcome.failed.push((model.clone(), reason));
             }
             for version in current
@@ -403,13 +418,28 @@ impl Lifecycle {
 
         let listed_versions = listed_versions(&config, listing);
         let present: Vec<u64> = listed_versions.keys().copied().collect();
-        let desired: Vec<u64> = match listing.pinned {
+        let mut desired: Vec<u64> = match listing.pinned {
             Some(v) => vec![v],
             None => config.version_policy.select(&present),
         };
-        // A rolled-back version stays out until its content changes.
+        let remembered = current
+            .is_none()
+            .then(|| self.remembered.get(model).cloned())
+            .flatten()
+            .filter(|_| config.rollout.is_some());
+        // After a restart the remembered stable version serves again, whatever
+        // the version policy picks (a newer one is its candidate).
+        if let Some(stable) = remembered.as_ref().and_then(|r| r.stable)
+            && listed_versions.contains_key(&stable)
+            && !desired.contains(&stable)
+        {
+            desired.push(stable);
+        }
+        // A rolled-back version stays out until its content changes (also
+        // across a restart, from the rollout memory).
         let rolled_back: BTreeMap<u64, (String, String)> = current
             .map(|e| e.rolled_back.clone())
+            .or_else(|| remembered.as_ref().map(|r| r.rolled_back.clone()))
             .unwrap_or_default()
             .into_iter()
             .filter(|(v, (fingerprint, _))| {
@@ -511,6 +541,7 @@ impl Lifecycle {
                     versions: &mut versions,
                     listed: &listed_versions,
                     alias_moved_to,
+                    remembered_stable: remembered.as_ref().and_then(|r| r.stable),
                     now,
                 })
             }
@@ -582,7 +613,14 @@ impl Lifecycle {
 /// Load results as an API answer for an explicit load of `model`.
 pub fn load_result(catalog: &Catalog, model: &str) -> Result<(), ApiError> {
     match catalog.models.get(model) {
-        Some(entry) if entry.is_ready() && entry.failed.is_empty() && entry.error.is_none() => {
+        Some(entry)
+            if entry.is_ready()
+                && entry
+                    .failed
+                    .keys()
+                    .all(|v| entry.rolled_back.contains_key(v))
+                && entry.error.is_none() =>
+        {
             Ok(())
         }
         Some(entry) => Err(ApiError::invalid(format!(

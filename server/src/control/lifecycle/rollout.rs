@@ -37,6 +37,8 @@ pub(super) struct Pass<'a> {
     /// The model's registry alias moved to this version since the last pass:
     /// an operator's choice, taken at once.
     pub alias_moved_to: Option<u64>,
+    /// The stable version before a restart (the rollout memory).
+    pub remembered_stable: Option<u64>,
     pub now: Instant,
 }
 
@@ -49,6 +51,7 @@ pub(super) fn decide(pass: Pass<'_>) -> Decided {
         versions,
         listed,
         alias_moved_to,
+        remembered_stable,
         now,
     } = pass;
     let previous_stable = current
@@ -57,6 +60,11 @@ pub(super) fn decide(pass: Pass<'_>) -> Decided {
     let stable = match (alias_moved_to, previous_stable) {
         (Some(moved), _) if versions.contains_key(&moved) => moved,
         (_, Some(stable)) => stable,
+        // After a restart: the version that had earned its traffic (a newer
+        // one starts its rollout again).
+        (_, None) if remembered_stable.is_some_and(|s| versions.contains_key(&s)) => {
+            remembered_stable.unwrap_or_default()
+        }
         // First load: whatever loads serves at once (there is nothing to compare with).
         _ => match versions.keys().next_back() {
             Some(&highest) => highest,
