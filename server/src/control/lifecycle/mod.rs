@@ -121,32 +121,11 @@ impl Lifecycle {
             Ok(routes) => {
                 info!(path = %path.display(), endpoints = routes.endpoints.len(), "Routes loaded.");
                 for endpoint in routes.endpoints.values() {
-                    let variants: Vec<&str> =
-                        endpoint.variants.iter().map(|v| v.name.as_str()).collect();
-                    self.metrics.expose_endpoint(
-                        &endpoint.name,
-                        &variants,
-                        endpoint.shadow.is_some(),
-                        endpoint.canary.is_some(),
-                    );
-                    if let Some(shadow) = &endpoint.shadow
-                        && let Ok(model) = next.resolve(&shadow.target)
-                    {
-                        let outputs: Vec<&str> = model
-                            .signature
-                            .outputs
-                            .iter()
-                            .map(|o| o.name.as_str())
-                            .collect();
-                        self.metrics.expose_shadow_outputs(&endpoint.name, &outputs);
-                    }
-                    for variant in &endpoint.variants {
-                        self.metrics.set_route_weight(
-                            &endpoint.name,
-                            &variant.name,
-                            variant.weight,
-                        );
-                    }
+                    let shadow = endpoint
+                        .shadow
+                        .as_ref()
+                        .and_then(|s| next.resolve(&s.target).ok());
+                    self.expose_endpoint(endpoint, shadow.as_deref());
                 }
                 next.routes = Arc::new(routes);
                 next.routes_error = None;
@@ -162,22 +141,25 @@ impl Lifecycle {
         }
     }
 
-    /// A model rollout's series, as it starts: its variants' outcomes and
-    /// weights, its shadow's agreement per output, its phase.
-    fn expose_rollout(&self, entry: &ModelEntry, rollout: &crate::serve::catalog::ModelRollout) {
-        let endpoint = &rollout.endpoint;
+    /// An endpoint's series, as its routes load: its variants' outcomes and
+    /// weights, its shadow's agreement per output (of `shadow`'s outputs).
+    fn expose_endpoint(
+        &self,
+        endpoint: &crate::config::routes::Endpoint,
+        shadow: Option<&ModelVersion>,
+    ) {
         let variants: Vec<&str> = endpoint.variants.iter().map(|v| v.name.as_str()).collect();
-        self.metrics
-            .expose_endpoint(&endpoint.name, &variants, endpoint.shadow.is_some(), true);
+        self.metrics.expose_endpoint(
+            &endpoint.name,
+            &variants,
+            endpoint.shadow.is_some(),
+            endpoint.canary.is_some(),
+        );
         for variant in &endpoint.variants {
             self.metrics
                 .set_route_weight(&endpoint.name, &variant.name, variant.weight);
         }
-        if let Some(model) = entry
-            .versions
-            .get(&rollout.candidate)
-            .filter(|_| endpoint.shadow.is_some())
-        {
+        if let Some(model) = shadow {
             let outputs: Vec<&str> = model
                 .signature
                 .outputs
@@ -186,6 +168,16 @@ impl Lifecycle {
                 .collect();
             self.metrics.expose_shadow_outputs(&endpoint.name, &outputs);
         }
+    }
+
+    /// A model rollout's series, as it starts: the endpoint's and its phase.
+    fn expose_rollout(&self, entry: &ModelEntry, rollout: &crate::serve::catalog::ModelRollout) {
+        let endpoint = &rollout.endpoint;
+        let shadow = entry
+            .versions
+            .get(&rollout.candidate)
+            .filter(|_| endpoint.shadow.is_some());
+        self.expose_endpoint(endpoint, shadow.map(|m| &**m));
         let phase = if endpoint.shadow.is_some() {
             "shadow"
         } else {

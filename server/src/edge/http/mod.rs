@@ -861,17 +861,23 @@ async fn put_endpoint(
     get_endpoint(State(edge), Path(name)).await
 }
 
+/// Applies an operator's `action` to the rollout named `name`.
+fn command(edge: &Edge, name: &str, action: &str) -> Result<(), ApiError> {
+    let command = crate::control::canary::CanaryCommand::parse(action).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "unknown rollout action `{action}`; actions: pause, resume, abort, promote"
+        ))
+    })?;
+    edge.rollouts
+        .command(name, command, &edge.serving.metrics)
+        .map(|_| ())
+}
+
 async fn command_canary(
     State(edge): State<Arc<Edge>>,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let command = crate::control::canary::CanaryCommand::parse(&action).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "unknown canary action `{action}`; actions: pause, resume, abort, promote"
-        ))
-    })?;
-    edge.rollouts
-        .command(&name, command, &edge.serving.metrics)?;
+    command(&edge, &name, &action)?;
     // A route-file endpoint answers with its variants; a model's rollout with itself.
     if edge
         .serving
@@ -892,13 +898,7 @@ async fn command_rollout(
     State(edge): State<Arc<Edge>>,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let command = crate::control::canary::CanaryCommand::parse(&action).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "unknown rollout action `{action}`; actions: pause, resume, abort, promote"
-        ))
-    })?;
-    edge.rollouts
-        .command(&name, command, &edge.serving.metrics)?;
+    command(&edge, &name, &action)?;
     get_rollout(State(edge), Path(name)).await
 }
 
