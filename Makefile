@@ -41,6 +41,7 @@ run: setup build-release
 ## Run the whole test suite: Rust unit and integration tests, then real-client Python tests.
 test: setup $(SERVICES_VENV)/.installed $(MLSERVER_VENV)/.installed $(KSERVE_VENV)/.installed
 	scripts/ensure-chromium.sh
+	scripts/ensure-prometheus.sh
 	scripts/ensure-podman.sh
 	$(CARGO) build --locked --workspace --all-targets
 	ln -sf $(ORT_DYLIB_PATH) target/debug/libonnxruntime.so

@@ -82,6 +82,10 @@ async fn run(
                 metrics.clone(),
             )?,
             rollout_memory: Some(config.cache_dir().join("rollouts.json")),
+            fleet: config
+                .fleet()
+                .map(switchyard::control::fleet::Prometheus::new)
+                .transpose()?,
         },
         metrics,
     );

@@ -44,10 +44,16 @@ pub struct Metrics {
     shadow_comparisons: IntCounterVec,
     shadow_abs_diff: HistogramVec,
     shadow_argmax_rows: IntCounterVec,
+    shadow_mean_abs_diff: HistogramVec,
+    shadow_requests_compared: IntCounterVec,
     canary_decisions: IntCounterVec,
     canary_weight: prometheus::GaugeVec,
     rollout_phase: IntGaugeVec,
     rollout_time: HistogramVec,
+    rollout_position: IntGaugeVec,
+    rollout_failed_checks: IntGaugeVec,
+    rollout_outcome: IntGaugeVec,
+    fleet_reads: IntCounterVec,
     routes_errors: prometheus::IntCounter,
     in_flight: IntGaugeVec,
     model_events: IntCounterVec,
@@ -141,6 +147,11 @@ pub const CANARY_DECISIONS: [&str; 9] = [
 
 /// `switchyard_rollout_phase{phase}` values (`control::canary::PHASES`).
 pub const ROLLOUT_PHASES: [&str; 5] = ["shadow", "canary", "paused", "promoted", "rolled_back"];
+
+/// |stable − shadow| buckets (fleet mode bounds the largest by them).
+pub const ABS_DIFFERENCE_BUCKETS: [f64; 11] = [
+    1e-9, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0,
+];
 
 /// How long rollouts last: seconds to hours.
 const ROLLOUT_BUCKETS: [f64; 10] = [
@@ -435,9 +446,7 @@ impl Metrics {
                 "switchyard_shadow_max_abs_difference",
                 "Largest |stable − shadow| of a floating-point output, per compared request.",
             )
-            .buckets(vec![
-                1e-9, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0,
-            ]),
+            .buckets(ABS_DIFFERENCE_BUCKETS.to_vec()),
             &["endpoint", "output"],
         )?;
         let shadow_argmax_rows = IntCounterVec::new(
@@ -446,6 +455,49 @@ impl Metrics {
                 "Rows of a compared output (classes along the last dimension) whose argmax is the same or different in the shadow.",
             ),
             &["endpoint", "output", "result"],
+        )?;
+        let shadow_mean_abs_diff = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_shadow_mean_abs_difference",
+                "Mean |stable − shadow| of a floating-point output, per compared request (its _sum ÷ _count is the mean fleet mode judges).",
+            )
+            .buckets(ABS_DIFFERENCE_BUCKETS.to_vec()),
+            &["endpoint", "output"],
+        )?;
+        let shadow_requests_compared = IntCounterVec::new(
+            Opts::new(
+                "switchyard_shadow_requests_compared_total",
+                "Shadow answers compared with the stable answer, per request: agree (every output agreed) or disagree.",
+            ),
+            &["endpoint", "result"],
+        )?;
+        let rollout_position = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_rollout_position",
+                "Where this replica's rollout of a candidate stands: 0 waiting for the fleet, 1 shadow, 2 + i canary step i (fleet mode reads it from every replica).",
+            ),
+            &["rollout", "candidate"],
+        )?;
+        let rollout_failed_checks = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_rollout_failed_checks",
+                "Failed checks in a row of this replica's rollout of a candidate.",
+            ),
+            &["rollout", "candidate"],
+        )?;
+        let rollout_outcome = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_rollout_outcome",
+                "1 once a rollout of a candidate ended here (promoted or rolled_back); kept until the next rollout, so replicas that missed the decision adopt it.",
+            ),
+            &["rollout", "candidate", "outcome"],
+        )?;
+        let fleet_reads = IntCounterVec::new(
+            Opts::new(
+                "switchyard_fleet_reads_total",
+                "Fleet mode's reads of a boundary from Prometheus: judged, incomplete (a replica down or not reporting: held) or error (Prometheus unreachable: held).",
+            ),
+            &["rollout", "result"],
         )?;
         let canary_decisions = IntCounterVec::new(
             Opts::new(
@@ -551,6 +603,12 @@ impl Metrics {
         registry.register(Box::new(shadow_comparisons.clone()))?;
         registry.register(Box::new(shadow_abs_diff.clone()))?;
         registry.register(Box::new(shadow_argmax_rows.clone()))?;
+        registry.register(Box::new(shadow_mean_abs_diff.clone()))?;
+        registry.register(Box::new(shadow_requests_compared.clone()))?;
+        registry.register(Box::new(rollout_position.clone()))?;
+        registry.register(Box::new(rollout_failed_checks.clone()))?;
+        registry.register(Box::new(rollout_outcome.clone()))?;
+        registry.register(Box::new(fleet_reads.clone()))?;
         registry.register(Box::new(canary_decisions.clone()))?;
         registry.register(Box::new(canary_weight.clone()))?;
         registry.register(Box::new(rollout_phase.clone()))?;
@@ -593,6 +651,12 @@ impl Metrics {
             shadow_comparisons,
             shadow_abs_diff,
             shadow_argmax_rows,
+            shadow_mean_abs_diff,
+            shadow_requests_compared,
+            rollout_position,
+            rollout_failed_checks,
+            rollout_outcome,
+            fleet_reads,
             canary_decisions,
             canary_weight,
             rollout_phase,
@@ -644,6 +708,9 @@ impl Metrics {
         }
         for outcome in ["promoted", "rolled_back"] {
             let _ = self.rollout_time.with_label_values(&[rollout, outcome]);
+        }
+        for result in ["judged", "incomplete", "error"] {
+            let _ = self.fleet_reads.with_label_values(&[rollout, result]);
         }
     }
 
@@ -738,6 +805,11 @@ impl Metrics {
 
     /// A shadow's outputs' agreement series, at zero, when its route loads.
     pub fn expose_shadow_outputs(&self, endpoint: &str, outputs: &[&str]) {
+        for result in ["agree", "disagree"] {
+            let _ = self
+                .shadow_requests_compared
+                .with_label_values(&[endpoint, result]);
+        }
         for output in outputs {
             for result in ["agree", "disagree", "mismatch"] {
                 let _ = self
@@ -745,6 +817,9 @@ impl Metrics {
                     .with_label_values(&[endpoint, output, result]);
             }
             let _ = self.shadow_abs_diff.with_label_values(&[endpoint, output]);
+            let _ = self
+                .shadow_mean_abs_diff
+                .with_label_values(&[endpoint, output]);
             for result in ["same", "different"] {
                 let _ = self
                     .shadow_argmax_rows
@@ -761,6 +836,7 @@ impl Metrics {
         output: &str,
         verdict: &str,
         max_abs_diff: Option<f64>,
+        mean_abs_diff: Option<f64>,
         argmax: Option<(u64, u64)>,
     ) {
         self.shadow_comparisons
@@ -771,6 +847,11 @@ impl Metrics {
                 .with_label_values(&[endpoint, output])
                 .observe(diff);
         }
+        if let Some(mean) = mean_abs_diff {
+            self.shadow_mean_abs_diff
+                .with_label_values(&[endpoint, output])
+                .observe(mean);
+        }
         if let Some((same, rows)) = argmax {
             self.shadow_argmax_rows
                 .with_label_values(&[endpoint, output, "same"])
@@ -779,6 +860,59 @@ impl Metrics {
                 .with_label_values(&[endpoint, output, "different"])
                 .inc_by(rows - same);
         }
+    }
+
+    /// One shadow answer compared, all outputs together.
+    pub fn shadow_request_compared(&self, endpoint: &str, agreed: bool) {
+        self.shadow_requests_compared
+            .with_label_values(&[endpoint, if agreed { "agree" } else { "disagree" }])
+            .inc();
+    }
+
+    /// This replica's place in a rollout of `candidate` (fleet mode reads it).
+    pub fn set_rollout_position(&self, rollout: &str, candidate: &str, position: u32, failed: u32) {
+        self.rollout_position
+            .with_label_values(&[rollout, candidate])
+            .set(i64::from(position));
+        self.rollout_failed_checks
+            .with_label_values(&[rollout, candidate])
+            .set(i64::from(failed));
+    }
+
+    /// A rollout's end here: its position series go, its outcome stays
+    /// (until the rollout's next start clears it).
+    pub fn set_rollout_outcome(&self, rollout: &str, candidate: &str, outcome: &str) {
+        self.clear_rollout(rollout);
+        self.rollout_outcome
+            .with_label_values(&[rollout, candidate, outcome])
+            .set(1);
+    }
+
+    /// Removes every position and outcome series of `rollout`.
+    pub fn clear_rollout(&self, rollout: &str) {
+        for vec in [
+            &self.rollout_position,
+            &self.rollout_failed_checks,
+            &self.rollout_outcome,
+        ] {
+            for family in prometheus::core::Collector::collect(vec) {
+                for metric in family.get_metric() {
+                    let labels: std::collections::HashMap<&str, &str> = metric
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name(), l.value()))
+                        .collect();
+                    if labels.get("rollout") == Some(&rollout) {
+                        let _ = vec.remove(&labels);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fleet read's result: `judged`, `incomplete` or `error`.
+    pub fn fleet_read(&self, rollout: &str, result: &str) {
+        self.fleet_reads.with_label_values(&[rollout, result]).inc();
     }
 
     pub fn canary_decision(&self, endpoint: &str, decision: &str) {

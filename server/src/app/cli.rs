@@ -67,6 +67,26 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MLFLOW_WEBHOOK_SECRET", hide_env_values = true)]
     pub mlflow_webhook_secret: Option<String>,
 
+    /// Fleet mode: every replica judges rollouts from the fleet-wide numbers
+    /// this Prometheus scrapes from all of them, read at the same aligned
+    /// boundaries, so all replicas reach the same decisions (see the README).
+    /// Unset: each replica judges its own traffic.
+    #[arg(long, env = "SWITCHYARD_FLEET_PROMETHEUS")]
+    pub fleet_prometheus: Option<String>,
+
+    /// Fleet mode: PromQL label matchers selecting the replicas' scrape targets.
+    #[arg(
+        long,
+        env = "SWITCHYARD_FLEET_SELECTOR",
+        default_value = "job=\"switchyard\""
+    )]
+    pub fleet_selector: String,
+
+    /// Fleet mode: how long after a boundary it is read (longer than the
+    /// scrape interval plus a scrape's duration, shorter than the rollout intervals).
+    #[arg(long, env = "SWITCHYARD_FLEET_SETTLE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub fleet_settle: Duration,
+
     /// Route file: endpoints with weighted variants, stickiness, shadows and canary
     /// policies (re-read with the models; a bad file keeps the previous routes).
     /// Default: `routes.yaml` in the first local model repository, if present.
@@ -432,6 +452,19 @@ impl Config {
             otlp_endpoint: self.otlp_endpoint.clone(),
             trace_sample_ratio: self.trace_sample_ratio,
         }
+    }
+
+    /// Fleet mode's settings, when `--fleet-prometheus` is set.
+    pub fn fleet(&self) -> Option<crate::control::fleet::FleetConfig> {
+        let prometheus = self.fleet_prometheus.clone()?;
+        Some(crate::control::fleet::FleetConfig {
+            prometheus,
+            selector: self.fleet_selector.clone(),
+            settle: self.fleet_settle,
+            timeout: self
+                .fleet_settle
+                .clamp(Duration::from_millis(500), Duration::from_secs(10)),
+        })
     }
 
     /// The per-request settings (tokens are read from their files here).

@@ -66,6 +66,8 @@ pub struct Parts {
     pub capture: Option<Arc<crate::serve::capture::Capture>>,
     /// Where rollouts' outcomes are remembered across restarts, if anywhere.
     pub rollout_memory: Option<PathBuf>,
+    /// Fleet mode: rollouts decided from Prometheus's fleet-wide numbers.
+    pub fleet: Option<crate::control::fleet::Prometheus>,
 }
 
 /// The wired server: its edges (which hold the request path) and its control plane.
@@ -86,6 +88,7 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
         telemetry,
         capture,
         rollout_memory,
+        fleet,
     } = parts;
     let catalog = CatalogStore::new();
     let memory = crate::control::rollouts::Memory::new(rollout_memory);
@@ -111,7 +114,7 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
     let edge = Edge::new(
         serving,
         control.clone(),
-        Rollouts::new(memory),
+        Rollouts::new(memory, fleet),
         EdgeSettings {
             tokens: settings.tokens,
             max_request_bytes: settings.max_request_bytes,

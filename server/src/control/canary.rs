@@ -109,6 +109,8 @@ pub struct CanaryState {
     pub last_agreement: Option<Agreement>,
     /// Decisions, oldest first (the last `HISTORY` of them; repeated waits once).
     pub history: std::collections::VecDeque<CanaryEvent>,
+    /// Fleet mode: the boundary (ms since the epoch) the last decision judged.
+    pub boundary_ms: Option<u64>,
 }
 
 /// Decisions a rollout's history keeps.
@@ -131,6 +133,9 @@ pub struct CanaryEvent {
     pub shadow: Option<WindowSnapshot>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agreement: Option<Agreement>,
+    /// Fleet mode: the boundary the decision judged (the same on every replica).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boundary_ms: Option<u64>,
 }
 
 impl CanaryState {
@@ -148,17 +153,21 @@ impl CanaryState {
             last_shadow: None,
             last_agreement: None,
             history: std::collections::VecDeque::new(),
+            boundary_ms: None,
         }
     }
 
     /// Appends the last decision to the history (a wait repeating the one
     /// before it only once).
     pub fn remember(&mut self, canary_weight: f64) {
-        if self.last_decision == "wait"
+        // Fleet holds repeat each boundary while Prometheus is away: kept once too.
+        let repeats = self.last_decision == "wait"
+            || (self.last_decision == "hold" && self.last_reason.starts_with("holding: "));
+        if repeats
             && self
                 .history
                 .back()
-                .is_some_and(|e| e.decision == "wait" && e.reason == self.last_reason)
+                .is_some_and(|e| e.decision == self.last_decision && e.reason == self.last_reason)
         {
             return;
         }
@@ -181,6 +190,7 @@ impl CanaryState {
             agreement: judged_in_shadow
                 .then(|| self.last_agreement.clone())
                 .flatten(),
+            boundary_ms: self.boundary_ms,
         });
     }
 }
@@ -203,6 +213,11 @@ pub enum Decision {
     ShadowPassed(f64),
     Promote,
     Rollback(String),
+    /// Fleet mode: the fleet's numbers are unreadable or incomplete; nothing
+    /// moves and no check counts as failed.
+    FleetHold(String),
+    /// Fleet mode: every replica has the candidate; the rollout starts now.
+    FleetStart,
 }
 
 /// The shadow rule: once the candidate has answered `min_requests` copies in

@@ -1,7 +1,7 @@
 //! The control plane: keeps what serves in step with the model sources
 //! (`lifecycle`, `source`), model control over the API (load/unload), local
 //! folder watching, and the rollout controller (`rollouts`, with its rules in
-//! `canary`). It writes the catalog through the store's writer lock and uses
+//! `canary` and fleet mode's reading of Prometheus in `fleet`). It writes the catalog through the store's writer lock and uses
 //! the request path's types (`serve`) and the config layer; it never sees
 //! HTTP or gRPC.
 //!
@@ -9,6 +9,7 @@
 //! the lifecycle's lock (taken before the catalog's writer lock).
 
 pub mod canary;
+pub mod fleet;
 pub mod lifecycle;
 pub mod rollouts;
 pub mod source;

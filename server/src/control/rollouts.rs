@@ -21,6 +21,7 @@ use crate::control::canary::{
     CanaryCommand, CanaryPhase, CanaryState, Decision, Stage, candidate_unhealthy, command,
     evaluate, evaluate_shadow, phase_label, weight_for,
 };
+use crate::control::fleet::{self, Ask, Assessment, Prometheus, Reading};
 use crate::metrics::Metrics;
 use crate::serve::catalog::{CatalogStore, ModelRollout};
 use crate::serve::traffic::Traffic;
@@ -41,12 +42,26 @@ struct RolloutEntry {
     state: CanaryState,
     last_check: Instant,
     started: Instant,
+    /// The label replicas report this rollout's candidate under.
+    candidate: String,
+    /// Fleet mode: not every replica has the candidate yet (no live share).
+    waiting_for_fleet: bool,
+    /// Fleet mode: the last boundary read (ms since the epoch).
+    last_boundary: u64,
 }
 
 impl RolloutEntry {
-    fn start(live: &Live) -> Self {
+    fn start(live: &Live, fleet: Option<&fleet::FleetConfig>) -> Self {
         let mut state = CanaryState::new(live.shadow.is_some());
-        state.remember(weight_for(&live.policy, &state));
+        let waiting_for_fleet = fleet.is_some();
+        if waiting_for_fleet {
+            state.last_reason =
+                "fleet mode: waiting for every replica to have the candidate".into();
+            state.remember(0.0);
+        } else {
+            state.remember(weight_for(&live.policy, &state));
+        }
+        let now_ms = unix_ms();
         RolloutEntry {
             policy: live.policy.clone(),
             shadow: live.shadow.clone(),
@@ -63,6 +78,21 @@ impl RolloutEntry {
             state,
             last_check: Instant::now(),
             started: live.model.as_ref().map_or_else(Instant::now, |r| r.started),
+            candidate: live.candidate_label(),
+            waiting_for_fleet,
+            // The boundaries before this replica had the rollout are not its to read.
+            last_boundary: fleet.map_or(0, |f| {
+                fleet::due_boundary(now_ms, live.first_interval(), f.settle)
+            }),
+        }
+    }
+
+    /// This entry's weight for the candidate now.
+    fn weight(&self) -> f64 {
+        if self.waiting_for_fleet && self.state.phase == CanaryPhase::Progressing {
+            0.0
+        } else {
+            weight_for(&self.policy, &self.state)
         }
     }
 
@@ -74,6 +104,12 @@ impl RolloutEntry {
     }
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A rollout the catalog holds now.
 struct Live {
     name: String,
@@ -83,6 +119,21 @@ struct Live {
     model: Option<Arc<ModelRollout>>,
     /// Why the candidate (canary variant) refuses requests (its breaker is open).
     unhealthy: Option<String>,
+}
+
+impl Live {
+    /// A model's candidate version, or a route-file canary's variant.
+    fn candidate_label(&self) -> String {
+        self.model
+            .as_ref()
+            .map_or_else(|| self.policy.canary.clone(), |r| r.candidate.to_string())
+    }
+
+    fn first_interval(&self) -> Duration {
+        self.shadow
+            .as_ref()
+            .map_or(self.policy.interval, |gate| gate.interval)
+    }
 }
 
 /// A change the controller makes to the catalog.
@@ -110,6 +161,8 @@ enum Update {
 pub struct Rollouts {
     entries: Mutex<HashMap<String, RolloutEntry>>,
     memory: Memory,
+    /// Fleet mode: decisions from Prometheus's fleet-wide numbers.
+    fleet: Option<Arc<Prometheus>>,
 }
 
 /// What a model's rollouts decided, kept on disk so that a restarted server
@@ -176,6 +229,9 @@ pub struct RolloutView {
     pub shadow: Option<ShadowGate>,
     pub model: Option<ModelVersions>,
     pub state: CanaryState,
+    /// Fleet mode: whether it waits for every replica, and the last boundary read.
+    pub fleet: Option<(bool, u64)>,
+    pub canary_weight: f64,
 }
 
 /// Checks every rollout once per its interval and moves it along.
@@ -186,6 +242,10 @@ pub async fn run_controller(
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
+    let prometheus = rollouts.fleet.clone();
+    let fleet_config = prometheus.as_ref().map(|p| p.config().clone());
+    // Boundary readings made since the last turn, by rollout.
+    let mut readings: HashMap<String, (Ask, Result<Reading, String>)> = HashMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -239,27 +299,56 @@ pub async fn run_controller(
                         && entry.ended()
                         && snapshot.models.contains_key(name))
             });
-            let mut updates = Vec::new();
+            let mut turn = Turn {
+                traffic: &traffic,
+                metrics: &metrics,
+                fleet: fleet_config.as_ref(),
+                readings: &mut readings,
+                asks: Vec::new(),
+                updates: Vec::new(),
+            };
             for l in &live {
-                step(l, &mut entries, &traffic, &metrics, &mut updates);
+                step(l, &mut entries, &mut turn);
             }
-            updates
+            let Turn { asks, updates, .. } = turn;
+            (asks, updates)
         };
+        let (asks, updates) = updates;
         for update in updates {
             apply(&catalog, &metrics, &memory, update).await;
+        }
+        // Read outside the lock; the next turn judges what came back.
+        if let Some(prometheus) = &prometheus
+            && !asks.is_empty()
+        {
+            let read = asks.iter().map(|ask| prometheus.read(ask));
+            let results = tokio::select! {
+                _ = cancel.cancelled() => break,
+                results = futures::future::join_all(read) => results,
+            };
+            for (ask, result) in asks.into_iter().zip(results) {
+                readings.insert(ask.rollout.clone(), (ask, result));
+            }
         }
     }
 }
 
+/// What one controller turn works with and produces.
+struct Turn<'a> {
+    traffic: &'a Traffic,
+    metrics: &'a Metrics,
+    fleet: Option<&'a fleet::FleetConfig>,
+    readings: &'a mut HashMap<String, (Ask, Result<Reading, String>)>,
+    /// Boundaries due, to read from Prometheus.
+    asks: Vec<Ask>,
+    updates: Vec<Update>,
+}
+
 /// One rollout's turn: restart it if it is new, keep the catalog's weights
-/// where its state says, and judge it when its interval is up.
-fn step(
-    l: &Live,
-    entries: &mut HashMap<String, RolloutEntry>,
-    traffic: &Traffic,
-    metrics: &Metrics,
-    updates: &mut Vec<Update>,
-) {
+/// where its state says, and judge it when its interval is up (fleet mode:
+/// when its next boundary has been read from Prometheus).
+fn step(l: &Live, entries: &mut HashMap<String, RolloutEntry>, turn: &mut Turn<'_>) {
+    let (traffic, metrics) = (turn.traffic, turn.metrics);
     let name = &l.name;
     let identity = l.model.as_ref().map(|r| (r.candidate, r.started));
     // The shadow's window (one per model rollout); the live variants' are the name's.
@@ -271,7 +360,7 @@ fn step(
     let new = !entries.contains_key(name);
     let entry = entries
         .entry(name.clone())
-        .or_insert_with(|| RolloutEntry::start(l));
+        .or_insert_with(|| RolloutEntry::start(l, turn.fleet));
     let changed = entry.policy != l.policy
         || entry.shadow != l.shadow
         || entry.model.as_ref().map(|(v, at)| (v.candidate, *at)) != identity;
@@ -279,14 +368,16 @@ fn step(
         if l.model.is_none() && changed {
             info!(endpoint = %name, "Canary policy changed; the rollout starts over.");
         }
-        *entry = RolloutEntry::start(l);
+        *entry = RolloutEntry::start(l, turn.fleet);
         metrics.set_rollout_phase(name, phase_label(&entry.state));
+        metrics.clear_rollout(name);
         // Outcomes left from before this rollout are not its to judge.
         for variant in [&l.policy.stable, &l.policy.canary] {
             traffic.window(name, variant).take();
         }
         traffic.window(shadow_window, "shadow").take();
         traffic.take_agreement(shadow_window);
+        turn.readings.remove(name);
     }
     let model = l.model.as_ref();
     match entry.state.phase {
@@ -298,12 +389,13 @@ fn step(
             traffic.window(shadow_window, "shadow").take();
             traffic.take_agreement(shadow_window);
             entry.last_check = Instant::now();
+            report_position(metrics, name, entry);
             return;
         }
         // Ended by an operator (or last turn): a model's rollout ends in the catalog.
         CanaryPhase::Promoted | CanaryPhase::RolledBack if model.is_some() => {
             if let Some(rollout) = model {
-                updates.push(Update::End {
+                turn.updates.push(Update::End {
                     model: name.clone(),
                     candidate: rollout.candidate,
                     promoted: entry.state.phase == CanaryPhase::Promoted,
@@ -314,7 +406,7 @@ fn step(
         }
         _ => {}
     }
-    let wanted = weight_for(&entry.policy, &entry.state);
+    let wanted = entry.weight();
     let current = l
         .endpoint
         .variants
@@ -325,7 +417,7 @@ fn step(
         Some(rollout) => {
             let shadow = entry.state.stage == Stage::Shadow;
             if current != Some(wanted) || l.endpoint.shadow.is_some() != shadow {
-                updates.push(Update::Stage {
+                turn.updates.push(Update::Stage {
                     model: name.clone(),
                     candidate: rollout.candidate,
                     percent: wanted,
@@ -334,28 +426,128 @@ fn step(
             }
         }
         // A reloaded route file restarts at step 0; keep the rollout where it is.
-        None if current != Some(wanted) => updates.push(Update::Weight {
+        None if current != Some(wanted) => turn.updates.push(Update::Weight {
             endpoint: name.clone(),
             percent: wanted,
         }),
         None => {}
     }
+    if entry.state.phase == CanaryPhase::Progressing {
+        report_position(metrics, name, entry);
+    }
     let interval = match (&entry.shadow, entry.state.stage) {
         (Some(gate), Stage::Shadow) => gate.interval,
         _ => entry.policy.interval,
     };
-    if entry.last_check.elapsed() < interval {
-        return;
-    }
+    // Fleet mode judges aligned boundaries from Prometheus, once each.
+    let fleet_reading = match turn.fleet {
+        Some(fleet) => {
+            let boundary = fleet::due_boundary(unix_ms(), interval, fleet.settle);
+            if boundary <= entry.last_boundary {
+                return;
+            }
+            let ask = Ask {
+                rollout: name.clone(),
+                candidate: entry.candidate.clone(),
+                stable: entry.policy.stable.clone(),
+                canary: entry.policy.canary.clone(),
+                boundary_ms: boundary,
+                window: interval,
+            };
+            match turn.readings.remove(name) {
+                Some((asked, result)) if asked == ask => {
+                    entry.last_boundary = boundary;
+                    entry.state.boundary_ms = Some(boundary);
+                    Some(result)
+                }
+                _ => {
+                    turn.asks.push(ask);
+                    return;
+                }
+            }
+        }
+        None => {
+            if entry.last_check.elapsed() < interval {
+                return;
+            }
+            None
+        }
+    };
     entry.last_check = Instant::now();
-    let stable = traffic.window(name, &entry.policy.stable).take();
-    let canary = traffic.window(name, &entry.policy.canary).take();
-    let decision = match (&entry.shadow, entry.state.stage) {
+    let local_stable = traffic.window(name, &entry.policy.stable).take();
+    let local_canary = traffic.window(name, &entry.policy.canary).take();
+    let local_copies = traffic.window(shadow_window, "shadow").take();
+    let local_agreement = traffic.take_agreement(shadow_window);
+    let mut adopted = false;
+    // Fleet mode: a decision the reading settles by itself, or the fleet's numbers to judge.
+    let (settled, numbers) = match fleet_reading {
+        None => (
+            None,
+            (local_stable, local_canary, local_copies, local_agreement),
+        ),
+        Some(Err(err)) => {
+            metrics.fleet_read(name, "error");
+            let reason = format!("holding: cannot read the fleet's numbers: {err}");
+            (Some(Decision::FleetHold(reason)), Default::default())
+        }
+        Some(Ok(reading)) => match fleet::assess(&reading, &entry.candidate) {
+            Assessment::Hold(reason) => {
+                metrics.fleet_read(name, "incomplete");
+                (
+                    Some(Decision::FleetHold(format!("holding: {reason}"))),
+                    Default::default(),
+                )
+            }
+            Assessment::Ended { promoted } => {
+                metrics.fleet_read(name, "judged");
+                adopted = true;
+                entry.waiting_for_fleet = false;
+                entry.state.phase = if promoted {
+                    CanaryPhase::Promoted
+                } else {
+                    CanaryPhase::RolledBack
+                };
+                let decision = if promoted {
+                    Decision::Promote
+                } else {
+                    Decision::Rollback("another replica rolled it back; the fleet follows".into())
+                };
+                (Some(decision), Default::default())
+            }
+            Assessment::Judge(position) => {
+                metrics.fleet_read(name, "judged");
+                let numbers = (
+                    reading.stable,
+                    reading.canary,
+                    reading.shadow,
+                    reading.agreement,
+                );
+                if position.position == fleet::WAITING {
+                    entry.waiting_for_fleet = false;
+                    (Some(Decision::FleetStart), numbers)
+                } else {
+                    entry.waiting_for_fleet = false;
+                    fleet::adopt(
+                        &mut entry.state,
+                        position,
+                        entry.policy.steps.len(),
+                        entry.shadow.is_some(),
+                    );
+                    (None, numbers)
+                }
+            }
+        },
+    };
+    let (stable, canary, copies, agreement) = numbers;
+    let decision = match (settled, &entry.shadow, entry.state.stage) {
+        (Some(decision), _, _) => {
+            entry.state.last_stable = stable;
+            entry.state.last_canary = canary;
+            decision
+        }
         _ if l.unhealthy.is_some() => {
             entry.state.last_stable = stable;
             entry.state.last_canary = canary;
-            traffic.window(shadow_window, "shadow").take();
-            traffic.take_agreement(shadow_window);
             let failures = match (&entry.shadow, entry.state.stage) {
                 (Some(gate), Stage::Shadow) => gate.failures_to_rollback,
                 _ => entry.policy.failures_to_rollback,
@@ -363,21 +555,27 @@ fn step(
             let reason = l.unhealthy.as_deref().unwrap_or_default();
             candidate_unhealthy(failures, &mut entry.state, reason)
         }
-        (Some(gate), Stage::Shadow) => {
+        (None, Some(gate), Stage::Shadow) => {
             entry.state.last_stable = stable;
-            let copies = traffic.window(shadow_window, "shadow").take();
-            let agreement = traffic.take_agreement(shadow_window);
             evaluate_shadow(gate, &entry.policy, &mut entry.state, copies, agreement)
         }
         _ => evaluate(&entry.policy, &mut entry.state, stable, canary),
     };
     let (label, reason) = match &decision {
         Decision::Wait(reason) => ("wait", reason.clone()),
-        Decision::Hold(reason) => ("hold", reason.clone()),
+        Decision::Hold(reason) | Decision::FleetHold(reason) => ("hold", reason.clone()),
+        Decision::FleetStart => (
+            "wait",
+            "every replica has the candidate: the rollout starts at this boundary".to_owned(),
+        ),
         Decision::StepUp(to) => ("step_up", format!("checks passed; canary weight → {to}%")),
         Decision::ShadowPassed(to) => (
             "shadow_passed",
             format!("the shadow's answers agree; canary weight → {to}%"),
+        ),
+        Decision::Promote if adopted => (
+            "promote",
+            "another replica promoted it; the fleet follows".to_owned(),
         ),
         Decision::Promote => ("promote", "every step passed".to_owned()),
         Decision::Rollback(reason) => ("rollback", reason.clone()),
@@ -386,21 +584,32 @@ fn step(
     entry.state.last_reason = reason.clone();
     // An ended rollout's waits say nothing new.
     if label != "wait" || entry.state.phase == CanaryPhase::Progressing {
-        let weight = weight_for(&entry.policy, &entry.state);
+        let weight = entry.weight();
         entry.state.remember(weight);
     }
     metrics.canary_decision(name, label);
     metrics.set_rollout_phase(name, phase_label(&entry.state));
     let versions = entry.model.as_ref().map(|(v, _)| (v.stable, v.candidate));
+    let boundary = entry.state.boundary_ms;
     match decision {
         Decision::Wait(_) => {}
-        Decision::Hold(_) => {
-            warn!(rollout = %name, ?versions, %reason, "Rollout check failed; holding.")
+        Decision::FleetStart => {
+            info!(rollout = %name, ?versions, ?boundary, "Every replica has the candidate; the fleet's rollout starts.");
+            push_weight(
+                turn,
+                model,
+                name,
+                entry.weight(),
+                entry.state.stage == Stage::Shadow,
+            );
+        }
+        Decision::Hold(_) | Decision::FleetHold(_) => {
+            warn!(rollout = %name, ?versions, ?boundary, %reason, "Rollout check failed or unreadable; holding.")
         }
         Decision::Rollback(_) => {
-            warn!(rollout = %name, ?versions, %reason, "Rollout rolled back: all traffic to the stable version.");
+            warn!(rollout = %name, ?versions, ?boundary, %reason, "Rollout rolled back: all traffic to the stable version.");
             match model {
-                Some(rollout) => updates.push(Update::End {
+                Some(rollout) => turn.updates.push(Update::End {
                     model: name.clone(),
                     candidate: rollout.candidate,
                     promoted: false,
@@ -408,7 +617,8 @@ fn step(
                 }),
                 None => {
                     metrics.observe_rollout(name, "rolled_back", entry.started.elapsed());
-                    updates.push(Update::Weight {
+                    metrics.set_rollout_outcome(name, &entry.candidate, "rolled_back");
+                    turn.updates.push(Update::Weight {
                         endpoint: name.clone(),
                         percent: 0.0,
                     })
@@ -416,24 +626,13 @@ fn step(
             }
         }
         Decision::StepUp(to) | Decision::ShadowPassed(to) => {
-            info!(rollout = %name, ?versions, weight = to, decision = label, "Rollout stepped up.");
-            match model {
-                Some(rollout) => updates.push(Update::Stage {
-                    model: name.clone(),
-                    candidate: rollout.candidate,
-                    percent: to,
-                    shadow: false,
-                }),
-                None => updates.push(Update::Weight {
-                    endpoint: name.clone(),
-                    percent: to,
-                }),
-            }
+            info!(rollout = %name, ?versions, ?boundary, weight = to, decision = label, "Rollout stepped up.");
+            push_weight(turn, model, name, to, false);
         }
         Decision::Promote => {
-            info!(rollout = %name, ?versions, "Rollout promoted: the candidate takes all traffic.");
+            info!(rollout = %name, ?versions, ?boundary, "Rollout promoted: the candidate takes all traffic.");
             match model {
-                Some(rollout) => updates.push(Update::End {
+                Some(rollout) => turn.updates.push(Update::End {
                     model: name.clone(),
                     candidate: rollout.candidate,
                     promoted: true,
@@ -441,7 +640,8 @@ fn step(
                 }),
                 None => {
                     metrics.observe_rollout(name, "promoted", entry.started.elapsed());
-                    updates.push(Update::Weight {
+                    metrics.set_rollout_outcome(name, &entry.candidate, "promoted");
+                    turn.updates.push(Update::Weight {
                         endpoint: name.clone(),
                         percent: 100.0,
                     })
@@ -449,6 +649,42 @@ fn step(
             }
         }
     }
+    if entry.state.phase == CanaryPhase::Progressing {
+        report_position(metrics, name, entry);
+    }
+}
+
+/// A rollout's new candidate weight (and whether its shadow copies go on).
+fn push_weight(
+    turn: &mut Turn<'_>,
+    model: Option<&Arc<ModelRollout>>,
+    name: &str,
+    percent: f64,
+    shadow: bool,
+) {
+    turn.updates.push(match model {
+        Some(rollout) => Update::Stage {
+            model: name.to_owned(),
+            candidate: rollout.candidate,
+            percent,
+            shadow,
+        },
+        None => Update::Weight {
+            endpoint: name.to_owned(),
+            percent,
+        },
+    });
+}
+
+/// This replica's place in the rollout, for the fleet to read.
+fn report_position(metrics: &Metrics, name: &str, entry: &RolloutEntry) {
+    let position = fleet::position_of(&entry.state, entry.waiting_for_fleet);
+    metrics.set_rollout_position(
+        name,
+        &entry.candidate,
+        position.position,
+        position.failed_checks,
+    );
 }
 
 async fn apply(catalog: &CatalogStore, metrics: &Metrics, memory: &Memory, update: Update) {
@@ -574,6 +810,7 @@ async fn end_model_rollout(
         "rolled_back"
     };
     metrics.observe_rollout(model, outcome, rollout.started.elapsed());
+    metrics.set_rollout_outcome(model, &candidate.to_string(), outcome);
     memory.save(
         model,
         Remembered {
@@ -587,11 +824,18 @@ async fn end_model_rollout(
 }
 
 impl Rollouts {
-    pub fn new(memory: Memory) -> Arc<Self> {
+    /// `fleet`: decide from Prometheus's fleet-wide numbers (fleet mode).
+    pub fn new(memory: Memory, fleet: Option<Prometheus>) -> Arc<Self> {
         Arc::new(Rollouts {
             entries: Mutex::default(),
             memory,
+            fleet: fleet.map(Arc::new),
         })
+    }
+
+    /// Fleet mode's settings, when on.
+    pub fn fleet(&self) -> Option<&fleet::FleetConfig> {
+        self.fleet.as_deref().map(Prometheus::config)
     }
 
     /// Every rollout, by endpoint or model name.
@@ -609,6 +853,11 @@ impl Rollouts {
                                 shadow: e.shadow.clone(),
                                 model: e.model.as_ref().map(|(v, _)| v.clone()),
                                 state: e.state.clone(),
+                                fleet: self
+                                    .fleet
+                                    .is_some()
+                                    .then_some((e.waiting_for_fleet, e.last_boundary)),
+                                canary_weight: e.weight(),
                             },
                         )
                     })
@@ -631,13 +880,28 @@ impl Rollouts {
 
     /// An operator's command for the rollout named `name`; returns its new state.
     /// A model's rollout that is promoted or aborted ends at the controller's next turn.
+    /// In fleet mode a command changes this replica only: refused unless
+    /// `force` (a forced promote or abort is adopted by every replica at the
+    /// next boundary, through `switchyard_rollout_outcome`).
     pub fn command(
         &self,
         name: &str,
         action: CanaryCommand,
+        force: bool,
         metrics: &Metrics,
     ) -> Result<CanaryState, crate::error::ApiError> {
         use crate::error::{ApiError, ErrorKind};
+        if self.fleet.is_some() && !force {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "fleet mode: every replica moves `{name}` from Prometheus's numbers, and a command here changes this replica only. \
+                     `promote` or `abort` with ?force=true ends it here, and every other replica adopts that outcome at the next boundary; \
+                     `pause` with ?force=true holds this replica alone (it catches up with the fleet on `resume`). \
+                     To change the policy for all, change the model's config.yaml (or the route file) that every replica reads"
+                ),
+            ));
+        }
         let mut entries = self
             .entries
             .lock()
@@ -649,7 +913,7 @@ impl Rollouts {
         })?;
         command(&mut entry.state, action)
             .map_err(|reason| ApiError::new(ErrorKind::Conflict, reason))?;
-        let weight = weight_for(&entry.policy, &entry.state);
+        let weight = entry.weight();
         entry.state.remember(weight);
         entry.last_check = Instant::now();
         // A model's rollout is timed when it ends in the catalog.
@@ -660,6 +924,7 @@ impl Rollouts {
                 "rolled_back"
             };
             metrics.observe_rollout(name, outcome, entry.started.elapsed());
+            metrics.set_rollout_outcome(name, &entry.candidate, outcome);
         }
         metrics.canary_decision(name, action.label());
         metrics.set_rollout_phase(name, phase_label(&entry.state));
@@ -755,6 +1020,15 @@ pub async fn set_weights(
         return Err(ApiError::invalid(format!(
             "endpoint `{endpoint}`: the weights would add up to 0; some variant must take traffic"
         )));
+    }
+    if rollouts.fleet.is_some() && !force {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!(
+                "fleet mode: weights set here change this replica only, and replicas would split traffic differently; \
+                 change `{endpoint}` in the route file every replica reads (its ConfigMap), or pass \"force\": true"
+            ),
+        ));
     }
     rollouts
         .yield_to_operator(endpoint, force, metrics)

@@ -230,12 +230,19 @@ pub async fn run_shadow_workers(traffic: Arc<Traffic>, cancel: CancellationToken
                     let comparisons =
                         crate::serve::agreement::compare(stable, shadow, job.tolerance);
                     traffic.add_agreement(&job.window, &comparisons);
+                    let agreed = comparisons
+                        .iter()
+                        .all(|c| c.verdict == crate::serve::agreement::Verdict::Agree);
+                    traffic
+                        .metrics
+                        .shadow_request_compared(&job.endpoint, agreed);
                     for c in comparisons {
                         traffic.metrics.shadow_compared(
                             &job.endpoint,
                             &c.output,
                             c.verdict.as_label(),
                             c.max_abs_diff,
+                            c.mean_abs_diff,
                             c.argmax,
                         );
                     }

@@ -70,6 +70,7 @@ pub async fn state_for(repo: &Path, settings: Settings) -> App {
             telemetry: switchyard::telemetry::Controls::detached(&telemetry_config()),
             capture: None,
             rollout_memory: None,
+            fleet: None,
         },
         Metrics::new().unwrap(),
     );

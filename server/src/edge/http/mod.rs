@@ -772,7 +772,11 @@ fn rollout_json(name: &str, view: &crate::control::rollouts::RolloutView) -> ser
         "stage": state.stage,
         "step": state.step,
         "steps": policy.steps,
-        "canary_weight": crate::control::canary::weight_for(policy, state),
+        "canary_weight": view.canary_weight,
+        "fleet": view.fleet.map(|(waiting, boundary)| json!({
+            "waiting_for_replicas": waiting,
+            "last_boundary_ms": boundary,
+        })),
         "gates": {
             "min_requests": policy.min_requests,
             "min_success_rate": policy.min_success_rate,
@@ -861,23 +865,31 @@ async fn put_endpoint(
     get_endpoint(State(edge), Path(name)).await
 }
 
+/// `?force=true`: a command that changes this replica only (fleet mode).
+#[derive(serde::Deserialize, Default)]
+struct CommandQuery {
+    #[serde(default)]
+    force: bool,
+}
+
 /// Applies an operator's `action` to the rollout named `name`.
-fn command(edge: &Edge, name: &str, action: &str) -> Result<(), ApiError> {
+fn command(edge: &Edge, name: &str, action: &str, force: bool) -> Result<(), ApiError> {
     let command = crate::control::canary::CanaryCommand::parse(action).ok_or_else(|| {
         ApiError::not_found(format!(
             "unknown rollout action `{action}`; actions: pause, resume, abort, promote"
         ))
     })?;
     edge.rollouts
-        .command(name, command, &edge.serving.metrics)
+        .command(name, command, force, &edge.serving.metrics)
         .map(|_| ())
 }
 
 async fn command_canary(
     State(edge): State<Arc<Edge>>,
     Path((name, action)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<CommandQuery>,
 ) -> Result<Response, ApiError> {
-    command(&edge, &name, &action)?;
+    command(&edge, &name, &action, query.force)?;
     // A route-file endpoint answers with its variants; a model's rollout with itself.
     if edge
         .serving
@@ -897,8 +909,9 @@ async fn command_canary(
 async fn command_rollout(
     State(edge): State<Arc<Edge>>,
     Path((name, action)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<CommandQuery>,
 ) -> Result<Response, ApiError> {
-    command(&edge, &name, &action)?;
+    command(&edge, &name, &action, query.force)?;
     get_rollout(State(edge), Path(name)).await
 }
 
