@@ -95,6 +95,7 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
     let lifecycle = Lifecycle::new(sources, defaults, metrics.clone())
         .with_routes(routes)
         .with_rollout_memory(memory.clone());
+    let recorders = lifecycle.sources();
     let control = Control::new(
         lifecycle,
         catalog.clone(),
@@ -114,7 +115,7 @@ pub fn build(parts: Parts, metrics: Metrics) -> App {
     let edge = Edge::new(
         serving,
         control.clone(),
-        Rollouts::new(memory, fleet),
+        Rollouts::new(memory, fleet, recorders),
         EdgeSettings {
             tokens: settings.tokens,
             max_request_bytes: settings.max_request_bytes,

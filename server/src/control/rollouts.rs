@@ -22,6 +22,7 @@ use crate::control::canary::{
     evaluate, evaluate_shadow, phase_label, weight_for,
 };
 use crate::control::fleet::{self, Ask, Assessment, Prometheus, Reading};
+use crate::control::source::{RolloutRecord, Source};
 use crate::metrics::Metrics;
 use crate::serve::catalog::{CatalogStore, ModelRollout};
 use crate::serve::traffic::Traffic;
@@ -153,6 +154,8 @@ enum Update {
         candidate: u64,
         promoted: bool,
         reason: String,
+        /// What it was judged on, for the source's record.
+        evidence: String,
     },
 }
 
@@ -163,6 +166,9 @@ pub struct Rollouts {
     memory: Memory,
     /// Fleet mode: decisions from Prometheus's fleet-wide numbers.
     fleet: Option<Arc<Prometheus>>,
+    /// The model sources, by index: a model's rollout outcome is recorded in
+    /// its source (MLflow moves its serving alias and tags the version).
+    sources: Vec<Arc<dyn Source>>,
 }
 
 /// What a model's rollouts decided, kept on disk so that a restarted server
@@ -287,6 +293,7 @@ pub async fn run_controller(
             }))
             .collect();
         let memory = rollouts.memory.clone();
+        let sources = rollouts.sources.clone();
         let updates = {
             let Ok(mut entries) = rollouts.entries.lock() else {
                 break;
@@ -315,7 +322,7 @@ pub async fn run_controller(
         };
         let (asks, updates) = updates;
         for update in updates {
-            apply(&catalog, &metrics, &memory, update).await;
+            apply(&catalog, &metrics, &memory, &sources, update).await;
         }
         // Read outside the lock; the next turn judges what came back.
         if let Some(prometheus) = &prometheus
@@ -400,6 +407,7 @@ fn step(l: &Live, entries: &mut HashMap<String, RolloutEntry>, turn: &mut Turn<'
                     candidate: rollout.candidate,
                     promoted: entry.state.phase == CanaryPhase::Promoted,
                     reason: entry.state.last_reason.clone(),
+                    evidence: evidence(&entry.state),
                 });
             }
             return;
@@ -614,6 +622,7 @@ fn step(l: &Live, entries: &mut HashMap<String, RolloutEntry>, turn: &mut Turn<'
                     candidate: rollout.candidate,
                     promoted: false,
                     reason,
+                    evidence: evidence(&entry.state),
                 }),
                 None => {
                     metrics.observe_rollout(name, "rolled_back", entry.started.elapsed());
@@ -637,6 +646,7 @@ fn step(l: &Live, entries: &mut HashMap<String, RolloutEntry>, turn: &mut Turn<'
                     candidate: rollout.candidate,
                     promoted: true,
                     reason,
+                    evidence: evidence(&entry.state),
                 }),
                 None => {
                     metrics.observe_rollout(name, "promoted", entry.started.elapsed());
@@ -687,7 +697,13 @@ fn report_position(metrics: &Metrics, name: &str, entry: &RolloutEntry) {
     );
 }
 
-async fn apply(catalog: &CatalogStore, metrics: &Metrics, memory: &Memory, update: Update) {
+async fn apply(
+    catalog: &CatalogStore,
+    metrics: &Metrics,
+    memory: &Memory,
+    sources: &[Arc<dyn Source>],
+    update: Update,
+) {
     match update {
         Update::Weight { endpoint, percent } => {
             set_weight(catalog, metrics, &endpoint, percent).await
@@ -703,11 +719,24 @@ async fn apply(catalog: &CatalogStore, metrics: &Metrics, memory: &Memory, updat
             candidate,
             promoted,
             reason,
+            evidence,
         } => {
-            end_model_rollout(
+            let ended = end_model_rollout(
                 catalog, metrics, memory, &model, candidate, promoted, &reason,
             )
-            .await
+            .await;
+            if let Some((source, previous)) = ended
+                && let Some(source) = sources.get(source).cloned()
+            {
+                let record = RolloutRecord {
+                    version: candidate,
+                    previous,
+                    promoted,
+                    reason,
+                    evidence,
+                };
+                tokio::spawn(record_in_source(source, model, record));
+            }
         }
     }
 }
@@ -746,6 +775,51 @@ async fn set_model_stage(
     writer.publish(next);
 }
 
+/// A rollout's decisions that moved it (the last ones that fit MLflow's tag
+/// size), as JSON.
+fn evidence(state: &CanaryState) -> String {
+    let events: Vec<&crate::control::canary::CanaryEvent> = state
+        .history
+        .iter()
+        .filter(|e| e.decision != "wait")
+        .collect();
+    let mut from = 0;
+    loop {
+        let text = serde_json::json!({
+            "outcome": phase_label(state),
+            "reason": state.last_reason,
+            "decisions": &events[from..],
+        })
+        .to_string();
+        if text.len() <= RECORD_LIMIT || from == events.len() {
+            return text;
+        }
+        from += 1;
+    }
+}
+
+/// MLflow's limit on a tag's value (5,000 characters).
+const RECORD_LIMIT: usize = 5000;
+
+/// Records a rollout's outcome in the model's source; retried a few times,
+/// then said in the log (what serves does not depend on it).
+async fn record_in_source(source: Arc<dyn Source>, model: String, record: RolloutRecord) {
+    let mut wait = Duration::from_millis(500);
+    for attempt in 1..=5 {
+        match source.record_rollout(&model, &record).await {
+            Ok(()) => return,
+            Err(err) if attempt == 5 => {
+                warn!(%model, version = record.version, error = %err, "Could not record the rollout's outcome in its source.");
+            }
+            Err(err) => {
+                warn!(%model, version = record.version, error = %err, attempt, "Recording the rollout's outcome failed; retrying.");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+    }
+}
+
 /// Ends a model's rollout in the catalog: promoted, the candidate becomes the
 /// stable version (the previous one stays loaded for `keep_previous`);
 /// rolled back, the candidate leaves with the reason and stays out until its
@@ -758,15 +832,11 @@ async fn end_model_rollout(
     candidate: u64,
     promoted: bool,
     reason: &str,
-) {
+) -> Option<(usize, u64)> {
     let writer = catalog.writer().await;
     let current = writer.current();
-    let Some(entry) = current.models.get(model) else {
-        return;
-    };
-    let Some(rollout) = entry.rollout.clone().filter(|r| r.candidate == candidate) else {
-        return;
-    };
+    let entry = current.models.get(model)?;
+    let rollout = entry.rollout.clone().filter(|r| r.candidate == candidate)?;
     let mut entry = entry.clone();
     entry.rollout = None;
     let outcome = if promoted {
@@ -818,18 +888,25 @@ async fn end_model_rollout(
             rolled_back: entry.rolled_back.clone(),
         },
     );
+    let source = entry.source;
     let mut next = (*current).clone();
     next.models.insert(model.to_owned(), entry);
     writer.publish(next);
+    source.map(|s| (s, rollout.stable))
 }
 
 impl Rollouts {
     /// `fleet`: decide from Prometheus's fleet-wide numbers (fleet mode).
-    pub fn new(memory: Memory, fleet: Option<Prometheus>) -> Arc<Self> {
+    pub fn new(
+        memory: Memory,
+        fleet: Option<Prometheus>,
+        sources: Vec<Arc<dyn Source>>,
+    ) -> Arc<Self> {
         Arc::new(Rollouts {
             entries: Mutex::default(),
             memory,
             fleet: fleet.map(Arc::new),
+            sources,
         })
     }
 

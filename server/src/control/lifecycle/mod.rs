@@ -34,7 +34,7 @@ use crate::serve::catalog::{Catalog, ModelEntry};
 use crate::serve::model::ModelVersion;
 
 pub struct Lifecycle {
-    sources: Vec<Box<dyn Source>>,
+    sources: Vec<Arc<dyn Source>>,
     defaults: ConfigDefaults,
     metrics: Metrics,
     tracked: HashMap<String, Tracked>,
@@ -61,7 +61,7 @@ pub struct Outcome {
 impl Lifecycle {
     pub fn new(sources: Vec<Box<dyn Source>>, defaults: ConfigDefaults, metrics: Metrics) -> Self {
         Lifecycle {
-            sources,
+            sources: sources.into_iter().map(Arc::from).collect(),
             defaults,
             metrics,
             tracked: HashMap::new(),
@@ -72,6 +72,11 @@ impl Lifecycle {
             rollout_memory: crate::control::rollouts::Memory::default(),
             remembered: BTreeMap::new(),
         }
+    }
+
+    /// The sources, by index (a model's `ModelEntry::source`).
+    pub fn sources(&self) -> Vec<Arc<dyn Source>> {
+        self.sources.clone()
     }
 
     /// Remember rollouts' outcomes in this file across restarts.
@@ -414,6 +419,15 @@ impl Lifecycle {
             Some(v) => vec![v],
             None => config.version_policy.select(&present),
         };
+        // A registry's candidate (MLflow's candidate alias) is loaded beside
+        // the pinned version when a rollout policy can judge it; it serves
+        // nothing unless its rollout promotes it.
+        if let Some(candidate) = listing.candidate
+            && config.rollout.is_some()
+            && !desired.contains(&candidate)
+        {
+            desired.push(candidate);
+        }
         let remembered = current
             .is_none()
             .then(|| self.remembered.get(model).cloned())

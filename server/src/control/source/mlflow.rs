@@ -8,6 +8,15 @@
 //! from the `MLmodel` file's `onnx` flavor, and downloaded through the
 //! artifacts proxy (`mlflow-artifacts:`), from a local path, or from S3,
 //! streamed to disk (never whole in memory).
+//!
+//! Rollouts: `...@champion?candidate=challenger` also loads the version the
+//! candidate alias names, and a `switchyard.config` tag on the registered
+//! model is its `config.yaml` (a `rollout:` policy there judges the
+//! candidate). The outcome is written back: a promotion moves the serving
+//! alias to the candidate; both outcomes tag the version (`switchyard.rollout`,
+//! `switchyard.reason`, `switchyard.evidence`). Credentials are read as MLflow
+//! clients read them: `MLFLOW_TRACKING_TOKEN` (bearer), else
+//! `MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD` (basic).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +25,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    Listing, ModelListing, Source, SourceError, VersionListing, content_key, stream_atomically,
+    Listing, ModelListing, RolloutRecord, Source, SourceError, VersionListing, content_key,
+    stream_atomically,
 };
 use crate::config::names::valid_model_name;
 
@@ -31,9 +41,47 @@ pub struct MlflowSource {
     base: String,
     model: String,
     selector: Selector,
+    /// The alias whose version is offered to a rollout (`?candidate=`).
+    candidate: Option<String>,
+    credentials: Credentials,
     client: reqwest::Client,
     cache_dir: PathBuf,
 }
+
+/// How requests authenticate (the MLflow client's environment variables).
+#[derive(Debug, Clone, Default)]
+enum Credentials {
+    #[default]
+    None,
+    Token(String),
+    Basic(String, String),
+}
+
+impl Credentials {
+    fn from_env() -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        match (
+            var("MLFLOW_TRACKING_TOKEN"),
+            var("MLFLOW_TRACKING_USERNAME"),
+            var("MLFLOW_TRACKING_PASSWORD"),
+        ) {
+            (Some(token), _, _) => Credentials::Token(token),
+            (None, Some(user), password) => Credentials::Basic(user, password.unwrap_or_default()),
+            _ => Credentials::None,
+        }
+    }
+
+    fn apply(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Credentials::None => request,
+            Credentials::Token(token) => request.bearer_auth(token),
+            Credentials::Basic(user, password) => request.basic_auth(user, Some(password)),
+        }
+    }
+}
+
+/// The registered-model tag holding the model's Switchyard `config.yaml`.
+const CONFIG_TAG: &str = "switchyard.config";
 
 #[derive(Deserialize)]
 struct RegisteredModelResponse {
@@ -44,6 +92,15 @@ struct RegisteredModelResponse {
 struct RegisteredModel {
     #[serde(default)]
     aliases: Vec<Alias>,
+    #[serde(default)]
+    tags: Vec<Tag>,
+}
+
+#[derive(Deserialize)]
+struct Tag {
+    key: String,
+    #[serde(default)]
+    value: String,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +140,25 @@ impl MlflowSource {
         let (host, path) = rest.split_once('/').ok_or_else(|| {
             format!("{uri}: expected mlflow://host:port/<model>[@alias|/version]")
         })?;
+        let (path, candidate) = match path.split_once('?') {
+            None => (path, None),
+            Some((path, query)) => {
+                let mut candidate = None;
+                for pair in query.split('&') {
+                    match pair.split_once('=') {
+                        Some(("candidate", alias)) if !alias.is_empty() => {
+                            candidate = Some(alias.to_owned())
+                        }
+                        _ => {
+                            return Err(format!(
+                                "{uri}: unknown query `{pair}`; the one option is `?candidate=<alias>`"
+                            ));
+                        }
+                    }
+                }
+                (path, candidate)
+            }
+        };
         let (model, selector) = if let Some((model, alias)) = path.split_once('@') {
             (model, Selector::Alias(alias.to_owned()))
         } else if let Some((model, version)) = path.split_once('/') {
@@ -107,6 +183,8 @@ impl MlflowSource {
             base: format!("{scheme}://{host}"),
             model: model.to_owned(),
             selector,
+            candidate,
+            credentials: Credentials::from_env(),
             client,
             cache_dir: cache_dir.join("mlflow"),
         })
@@ -124,10 +202,10 @@ impl MlflowSource {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T, SourceError> {
+        let request = self.client.get(format!("{}{path}", self.base)).query(query);
         let response = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .query(query)
+            .credentials
+            .apply(request)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -140,6 +218,30 @@ impl MlflowSource {
             )));
         }
         serde_json::from_slice(&body).map_err(|e| self.unreachable(format!("{path}: {e}")))
+    }
+
+    /// A registry write (`POST` of a JSON body).
+    async fn post_json(&self, path: &str, body: serde_json::Value) -> Result<(), SourceError> {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        let response = self
+            .credentials
+            .apply(request)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        Err(self.unreachable(format!(
+            "{path}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        )))
     }
 
     fn artifact_error(&self, what: String) -> impl Fn(String) -> SourceError + '_ {
@@ -200,8 +302,8 @@ impl MlflowSource {
         match artifact {
             Artifact::Proxy(url) => {
                 let response = self
-                    .client
-                    .get(&url)
+                    .credentials
+                    .apply(self.client.get(&url))
                     .send()
                     .await
                     .map_err(|e| fail(e.to_string()))?;
@@ -336,12 +438,31 @@ impl Source for MlflowSource {
                     .max()
             }
         };
+        // A candidate alias not set (yet, or any more) offers nothing.
+        let candidate = self
+            .candidate
+            .as_ref()
+            .and_then(|alias| aliases.get(alias).copied())
+            .filter(|v| Some(*v) != wanted);
+        let config = registered
+            .registered_model
+            .tags
+            .iter()
+            .find(|t| t.key == CONFIG_TAG)
+            .map(|t| {
+                (
+                    format!("{CONFIG_TAG} (registered model tag)"),
+                    crate::config::file::config_text(t.value.as_bytes()),
+                )
+            });
         let mut model = ModelListing {
             aliases,
             pinned: wanted,
+            candidate,
+            config,
             ..ModelListing::default()
         };
-        if let Some(version) = wanted {
+        for version in wanted.into_iter().chain(candidate) {
             // Model versions are immutable in MLflow: the number identifies the content.
             model.versions.insert(
                 version,
@@ -351,6 +472,51 @@ impl Source for MlflowSource {
             );
         }
         Ok(BTreeMap::from([(self.model.clone(), model)]))
+    }
+
+    async fn record_rollout(&self, model: &str, record: &RolloutRecord) -> Result<(), SourceError> {
+        let version = record.version.to_string();
+        let outcome = if record.promoted {
+            "promoted"
+        } else {
+            "rolled_back"
+        };
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let tags = [
+            ("switchyard.rollout", outcome.to_owned()),
+            ("switchyard.reason", record.reason.clone()),
+            ("switchyard.compared_with", record.previous.to_string()),
+            ("switchyard.decided_at", at),
+            ("switchyard.evidence", record.evidence.clone()),
+        ];
+        for (key, value) in tags {
+            self.post_json(
+                "/api/2.0/mlflow/model-versions/set-tag",
+                serde_json::json!({"name": model, "version": version, "key": key, "value": value}),
+            )
+            .await?;
+        }
+        // The alias moves last: whoever sees it moved finds the evidence there.
+        if record.promoted
+            && let Selector::Alias(alias) = &self.selector
+        {
+            self.post_json(
+                "/api/2.0/mlflow/registered-models/alias",
+                serde_json::json!({"name": model, "alias": alias, "version": version}),
+            )
+            .await?;
+        }
+        tracing::info!(
+            model,
+            version = record.version,
+            outcome,
+            alias = ?match &self.selector {
+                Selector::Alias(alias) if record.promoted => Some(alias.as_str()),
+                _ => None,
+            },
+            "Rollout outcome recorded in MLflow."
+        );
+        Ok(())
     }
 
     async fn fetch(
@@ -435,5 +601,13 @@ mod tests {
         assert!(MlflowSource::new("mlflow://h:1/iris/latest", cache).is_err());
         assert!(MlflowSource::new("mlflow://h:1", cache).is_err());
         assert!(MlflowSource::new("mlflow://h:1/bad name", cache).is_err());
+        let s =
+            MlflowSource::new("mlflow://h:1/iris@champion?candidate=challenger", cache).unwrap();
+        assert_eq!(
+            (&s.selector, s.candidate.as_deref()),
+            (&Selector::Alias("champion".into()), Some("challenger"))
+        );
+        assert!(MlflowSource::new("mlflow://h:1/iris@champion?candidate=", cache).is_err());
+        assert!(MlflowSource::new("mlflow://h:1/iris@champion?stage=prod", cache).is_err());
     }
 }

@@ -33,6 +33,22 @@ pub struct ModelListing {
     pub aliases: BTreeMap<String, u64>,
     /// When set, only this version is wanted (an alias or a pinned version).
     pub pinned: Option<u64>,
+    /// A version offered to a rollout beside the pinned one (MLflow's
+    /// candidate alias): loaded too, it becomes the rollout's candidate.
+    pub candidate: Option<u64>,
+}
+
+/// How a rollout of one of a source's versions ended, for a source that
+/// records it (MLflow: the serving alias moves, tags say why).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRecord {
+    pub version: u64,
+    /// The stable version it was judged against.
+    pub previous: u64,
+    pub promoted: bool,
+    pub reason: String,
+    /// What it was judged on (JSON: the decisions and their numbers).
+    pub evidence: String,
 }
 
 pub type Listing = BTreeMap<String, ModelListing>;
@@ -72,6 +88,15 @@ pub trait Source: Send + Sync {
     /// registries publish whole objects).
     fn needs_settling(&self) -> bool {
         false
+    }
+
+    /// Records a rollout's outcome in the source itself (most sources keep none).
+    async fn record_rollout(
+        &self,
+        _model: &str,
+        _record: &RolloutRecord,
+    ) -> Result<(), SourceError> {
+        Ok(())
     }
 }
 
