@@ -7,8 +7,8 @@ they hold, and go on when it is back."""
 
 from __future__ import annotations
 
+import re
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -21,6 +21,7 @@ import requests
 from conftest import Server
 from lifecycle_helpers import versioned_bytes, wait_for, write_version
 from services import Service, free_port
+from test_console import dom
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="needs Debian's prometheus (make test installs it)")
@@ -186,6 +187,14 @@ def test_a_healthy_candidate_is_promoted_by_every_replica_at_the_same_boundaries
     assert decisions[0] == decisions[1] == decisions[2], decisions
     assert [d for d, _ in decisions[0]] == ["shadow_passed", "step_up", "step_up", "promote"], decisions[0]
     assert all(boundary and boundary % 3000 == 0 for _, boundary in decisions[0]), decisions[0]
+    # The console says the rollout is judged by the fleet.
+    profile = Path(tempfile.mkdtemp(prefix="chromium-"))
+    try:
+        page = dom(f"http://{servers[1].http}/console", profile)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    box = re.search(r'data-rollout="versioned"(.*?)</p>', page, flags=re.S)
+    assert box and 'class="fleet"' in box.group(1) and "last boundary" in box.group(1), page[-2000:]
     for s in servers:
         state = rollout(s)
         assert state["fleet"]["waiting_for_replicas"] is False
