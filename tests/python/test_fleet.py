@@ -7,6 +7,7 @@ they hold, and go on when it is back."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
@@ -137,25 +138,32 @@ def metric(server, series: str) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    """Three replicas of one folder (version 1 serving) and Prometheus scraping them."""
-    (tmp_path / "versioned").mkdir()
-    (tmp_path / "versioned" / "config.yaml").write_text(POLICY)
-    write_version(tmp_path, "versioned", 1)
+@contextlib.contextmanager
+def replicas(folder: Path):
+    """Three replicas of `folder` and a Prometheus scraping them."""
     prometheus = Prometheus(free_port())
     servers = []
     try:
         for _ in range(3):
             servers.append(Server("--repository-poll-interval", "100ms",
                                   "--fleet-prometheus", f"http://127.0.0.1:{prometheus.port}",
-                                  "--fleet-settle", SETTLE, repository=tmp_path))
+                                  "--fleet-settle", SETTLE, repository=folder))
         prometheus.start([s.metrics for s in servers])
-        yield tmp_path, servers, prometheus
+        yield servers, prometheus
     finally:
         codes = [s.stop() for s in servers]
         prometheus.close()
         assert codes == [0, 0, 0]
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """Three replicas of one folder (version 1 serving, a rollout policy) and Prometheus."""
+    (tmp_path / "versioned").mkdir()
+    (tmp_path / "versioned" / "config.yaml").write_text(POLICY)
+    write_version(tmp_path, "versioned", 1)
+    with replicas(tmp_path) as (servers, prometheus):
+        yield tmp_path, servers, prometheus
 
 
 def debug(servers):
@@ -287,3 +295,55 @@ def test_a_per_replica_command_is_refused_in_fleet_mode_unless_forced(fleet):
         raise
     for s in servers[1:]:
         assert "another replica rolled it back" in rollout(s)["last_reason"]
+
+
+ROUTES = """
+endpoints:
+  scoring:
+    variants:
+      - {name: stable, model: versioned, version: 1, weight: 100}
+      - {name: canary, model: versioned, version: 2}
+    canary: {stable: stable, canary: canary, steps: [25, 100], interval: 3s, min_requests: 20}
+"""
+
+
+def test_a_route_file_canary_moves_in_step_on_every_replica(tmp_path):
+    (tmp_path / "versioned").mkdir()
+    (tmp_path / "versioned" / "config.yaml").write_text("version_policy: all\n")
+    write_version(tmp_path, "versioned", 1)
+    write_version(tmp_path, "versioned", 2)
+    (tmp_path / "routes.yaml").write_text(ROUTES)
+    with replicas(tmp_path) as (servers, _):
+        stop = threading.Event()
+
+        def load(server):
+            session = requests.Session()
+            while not stop.is_set():
+                session.post(f"http://{server.http}/v2/models/scoring/infer", json=BODY, timeout=10)
+                time.sleep(0.005)
+
+        threads = [threading.Thread(target=load, args=(s,), daemon=True) for s in servers]
+        for thread in threads:
+            thread.start()
+        try:
+            state = lambda s: requests.get(f"http://{s.http}/v2/rollouts/scoring", timeout=10).json()
+            try:
+                wait_for(lambda: all(state(s)["phase"] == "promoted" for s in servers), 60,
+                         "every replica to promote the route's canary")
+            except AssertionError:
+                for s in servers:
+                    print(state(s))
+                raise
+            # Ended: the boundaries that follow change nothing.
+            time.sleep(4)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=15)
+        moved = [[(e["decision"], e.get("boundary_ms")) for e in state(s)["history"] if e["decision"] in JUDGED]
+                 for s in servers]
+        assert moved[0] == moved[1] == moved[2], moved
+        assert [d for d, _ in moved[0]] == ["step_up", "promote"], moved[0]
+        for s in servers:
+            assert metric(s, 'switchyard_canary_decisions_total{decision="promote",endpoint="scoring"}') == 1
+            assert metric(s, 'switchyard_route_weight{endpoint="scoring",variant="canary"}') == 100

@@ -105,6 +105,9 @@ impl RolloutEntry {
     }
 }
 
+/// The finest p99 ratio fleet mode's bucketed p99s are trusted to judge.
+const FLEET_MIN_P99_RATIO: f64 = 1.5;
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -376,6 +379,17 @@ fn step(l: &Live, entries: &mut HashMap<String, RolloutEntry>, turn: &mut Turn<'
             info!(endpoint = %name, "Canary policy changed; the rollout starts over.");
         }
         *entry = RolloutEntry::start(l, turn.fleet);
+        if let Some(fleet) = turn.fleet {
+            let shortest = l.first_interval().min(l.policy.interval);
+            if shortest < fleet.settle * 2 {
+                warn!(rollout = %name, interval = ?shortest, settle = ?fleet.settle,
+                    "Fleet mode: an interval shorter than twice --fleet-settle reads the replicas' places before their last decision is scraped; the rollout moves slowly. Lengthen the intervals.");
+            }
+            if let Some(ratio) = l.policy.max_p99_ratio.filter(|r| *r < FLEET_MIN_P99_RATIO) {
+                warn!(rollout = %name, ratio,
+                    "Fleet mode: p99s come from Prometheus's histogram buckets; a max_p99_ratio under {FLEET_MIN_P99_RATIO} may fail identical traffic.");
+            }
+        }
         metrics.set_rollout_phase(name, phase_label(&entry.state));
         metrics.clear_rollout(name);
         // Outcomes left from before this rollout are not its to judge.
@@ -449,6 +463,8 @@ fn step(l: &Live, entries: &mut HashMap<String, RolloutEntry>, turn: &mut Turn<'
     };
     // Fleet mode judges aligned boundaries from Prometheus, once each.
     let fleet_reading = match turn.fleet {
+        // An ended route-file canary has nothing left to read.
+        Some(_) if entry.state.phase != CanaryPhase::Progressing => return,
         Some(fleet) => {
             let boundary = fleet::due_boundary(unix_ms(), interval, fleet.settle);
             if boundary <= entry.last_boundary {
