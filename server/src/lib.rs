@@ -5,7 +5,7 @@
 //! - `serve`: the request path (catalog, routing choice, batcher, models, traffic)
 //! - `control`: the control plane (lifecycle, sources, model control, canary controller)
 //! - `config`: model configs (YAML, Triton's pbtxt), route files, config file bounds
-//! - leaves with no layer above them: `error`, `metrics`, `memory`, `telemetry`
+//! - leaves with no layer above them: `error`, `metrics`, `memory`, `sched`, `telemetry`
 //!
 //! `scripts/check-dependency-direction.sh` (run by `make lint`) checks the rules.
 //! Entry point: `app::serve`.
@@ -18,6 +18,7 @@ pub mod error;
 pub mod fuzz_targets;
 pub mod memory;
 pub mod metrics;
+pub mod sched;
 pub mod serve;
 pub mod telemetry;
 

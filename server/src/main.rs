@@ -220,6 +220,8 @@ fn main() -> ExitCode {
     if let Some(threads) = config.io_threads {
         builder.worker_threads(usize::from(threads));
     }
+    let scheduling = config.io_scheduling;
+    builder.on_thread_start(move || scheduling.apply_to_this_thread());
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -20,7 +20,8 @@
 //! Too low, and every CNN activation is a fresh mapping, page-faulted in and
 //! unmapped again. Operators may set their own through glibc's environment
 //! (`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...`, `MALLOC_*_THRESHOLD_`),
-//! which is then left alone. The only module allowed `unsafe`: libc calls.
+//! which is then left alone. One of the two modules allowed `unsafe` (libc
+//! calls; `sched` is the other).
 
 /// Allocations at least this large always get their own mapping (and are
 /// unmapped on free), so model weights go back to the system on retire while

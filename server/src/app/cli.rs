@@ -15,6 +15,8 @@ pub use crate::telemetry::LogFormat;
 /// The model sources, in the order given.
 pub type Sources = Vec<Box<dyn crate::control::source::Source>>;
 
+pub use crate::sched::IoScheduling;
+
 /// Switchyard: a KServe v2 model-serving gateway. Without a subcommand it serves.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -222,6 +224,18 @@ pub struct Config {
     /// process may use (its CPU affinity and cgroup quota).
     #[arg(long, env = "SWITCHYARD_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub io_threads: Option<u16>,
+
+    /// How the kernel schedules the I/O threads beside the model instances
+    /// on a shared core: `batch` (SCHED_BATCH: a woken I/O thread does not
+    /// preempt a running model, so replies and new requests are handled in
+    /// bursts instead of one switch each) or `normal`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_IO_SCHEDULING",
+        value_enum,
+        default_value = "batch"
+    )]
+    pub io_scheduling: IoScheduling,
 
     /// ONNX Runtime intra-op threads per model instance (models may override).
     #[arg(long, env = "SWITCHYARD_ONNX_INTRA_OP_THREADS", default_value_t = 1)]

@@ -102,6 +102,9 @@ pub struct Ask {
 pub struct Reading {
     /// Every target the selector matches: instance → up.
     pub targets: BTreeMap<String, bool>,
+    /// Targets whose last scrape is older than the window (Prometheus was
+    /// away, or stopped scraping them): their numbers are not known.
+    pub stale: Vec<String>,
     /// Each instance's rollout of this name: (candidate, position).
     pub reports: BTreeMap<String, (String, Position)>,
     /// Outcomes replicas report for this candidate.
@@ -141,6 +144,12 @@ pub fn assess(reading: &Reading, candidate: &str) -> Assessment {
         .filter(|(_, up)| !**up)
         .map(|(instance, _)| instance.as_str())
         .collect();
+    if !reading.stale.is_empty() {
+        return Assessment::Hold(format!(
+            "no scrape of {} in the interval before the boundary",
+            reading.stale.join(", ")
+        ));
+    }
     if !down.is_empty() {
         return Assessment::Hold(format!(
             "{} of {} replicas down at the boundary: {}",
@@ -281,6 +290,7 @@ impl Prometheus {
         };
         let queries = [
             format!("up{{{selector}}}"),
+            format!("timestamp(up{{{selector}}})"),
             series("switchyard_rollout_position", &format!("rollout={rollout}")),
             series(
                 "switchyard_rollout_failed_checks",
@@ -312,6 +322,7 @@ impl Prometheus {
             futures::future::try_join_all(queries.iter().map(|q| self.query(q, at))).await?;
         let [
             up,
+            scraped,
             positions,
             failed,
             outcomes,
@@ -323,7 +334,7 @@ impl Prometheus {
             max_buckets,
             mean_sum,
             mean_count,
-        ]: [Vec<Sample>; 12] = answers
+        ]: [Vec<Sample>; 13] = answers
             .try_into()
             .map_err(|_| "a query went unanswered".to_owned())?;
 
@@ -332,6 +343,12 @@ impl Prometheus {
             reading
                 .targets
                 .insert(s.label("instance").to_owned(), s.number() == 1.0);
+        }
+        let oldest = at.saturating_sub(u64::try_from(ask.window.as_millis()).unwrap_or(u64::MAX));
+        for s in &scraped {
+            if (s.number() * 1000.0) < oldest as f64 {
+                reading.stale.push(s.label("instance").to_owned());
+            }
         }
         for s in &positions {
             let failed_checks = failed
@@ -537,6 +554,9 @@ mod tests {
             assess(&Reading::default(), "2"),
             Assessment::Hold(_)
         ));
+        let mut stale = reading(&[("a", true)], &[("a", "2", 1, 0)]);
+        stale.stale = vec!["a".into()];
+        assert!(matches!(assess(&stale, "2"), Assessment::Hold(r) if r.contains("no scrape of a")));
     }
 
     #[test]

@@ -550,6 +550,12 @@ fn step(l: &Live, entries: &mut HashMap<String, RolloutEntry>, turn: &mut Turn<'
                     entry.waiting_for_fleet = false;
                     (Some(Decision::FleetStart), numbers)
                 } else {
+                    // Never back: a sample older than this replica's last
+                    // decision (a scrape missed) must not undo it. Replicas
+                    // behind the fleet catch up; equal numbers give every
+                    // replica the same verdict, so none can end otherwise.
+                    let own = fleet::position_of(&entry.state, entry.waiting_for_fleet);
+                    let position = position.max(own);
                     entry.waiting_for_fleet = false;
                     fleet::adopt(
                         &mut entry.state,
