@@ -932,11 +932,6 @@ impl Rollouts {
         })
     }
 
-    /// Fleet mode's settings, when on.
-    pub fn fleet(&self) -> Option<&fleet::FleetConfig> {
-        self.fleet.as_deref().map(Prometheus::config)
-    }
-
     /// Every rollout, by endpoint or model name.
     pub fn rollouts(&self) -> BTreeMap<String, RolloutView> {
         self.entries

@@ -203,6 +203,26 @@ impl MlflowSource {
         query: &[(&str, &str)],
     ) -> Result<T, SourceError> {
         let request = self.client.get(format!("{}{path}", self.base)).query(query);
+        let body = self.send(path, request).await?;
+        serde_json::from_slice(&body).map_err(|e| self.unreachable(format!("{path}: {e}")))
+    }
+
+    /// A registry write (`POST` of a JSON body).
+    async fn post_json(&self, path: &str, body: serde_json::Value) -> Result<(), SourceError> {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        self.send(path, request).await.map(drop)
+    }
+
+    /// Sends a registry call with the credentials; its body, or why it failed.
+    async fn send(
+        &self,
+        path: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<bytes::Bytes, SourceError> {
         let response = self
             .credentials
             .apply(request)
@@ -217,31 +237,7 @@ impl MlflowSource {
                 String::from_utf8_lossy(&body)
             )));
         }
-        serde_json::from_slice(&body).map_err(|e| self.unreachable(format!("{path}: {e}")))
-    }
-
-    /// A registry write (`POST` of a JSON body).
-    async fn post_json(&self, path: &str, body: serde_json::Value) -> Result<(), SourceError> {
-        let request = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string());
-        let response = self
-            .credentials
-            .apply(request)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = response.bytes().await.unwrap_or_default();
-        Err(self.unreachable(format!(
-            "{path}: HTTP {status}: {}",
-            String::from_utf8_lossy(&body)
-        )))
+        Ok(body)
     }
 
     fn artifact_error(&self, what: String) -> impl Fn(String) -> SourceError + '_ {
