@@ -3,15 +3,15 @@
 //! dims cut back). Dropping a batch without completing it fails its requests.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchyard_runtimes::Tensor;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use super::Reply;
 use super::adaptive::Adaptive;
 use super::padding::resize_dim;
+use super::queue::Shared;
 use crate::error::ApiError;
 
 /// A formed batch, handed to a worker. Dropping it without `complete` fails its requests.
@@ -28,35 +28,8 @@ pub struct Batch {
     pub context: Option<Arc<switchyard_runtimes::RequestContext>>,
     /// The latest deadline among the requests: nobody waits for an answer after it.
     pub deadline: Option<std::time::Instant>,
-    pub(super) _slot: SlotGuard,
-}
-
-impl Batch {
-    /// A batch of one request that skipped the queue (an idle instance, an
-    /// empty queue); `slot` is already counted busy. `inputs` are in the
-    /// order batches carry them.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn single(
-        inputs: Vec<Tensor>,
-        rows: usize,
-        reply: oneshot::Sender<Reply>,
-        compute: ComputeTable,
-        context: Option<Arc<switchyard_runtimes::RequestContext>>,
-        deadline: tokio::time::Instant,
-        slot: SlotGuard,
-    ) -> Self {
-        let lengths = vec![0; inputs.len()];
-        Batch {
-            blocks: inputs.into_iter().map(|t| vec![t]).collect(),
-            requests: vec![(rows, lengths, reply)],
-            cut: Vec::new(),
-            compute,
-            spans: vec![tracing::Span::current()],
-            context,
-            deadline: Some(deadline.into_std()),
-            _slot: slot,
-        }
-    }
+    /// `None` once the slot went back (`complete_and_take_next`).
+    pub(super) slot: Option<SlotGuard>,
 }
 
 /// Measured compute seconds per batch size, shared by the workers and the adaptive rule.
@@ -98,7 +71,21 @@ impl Batch {
     }
 
     /// Splits the outputs back to each request (row-exact) and answers them.
+    /// The slot goes back, and a batch due then goes to an idle instance.
     pub fn complete(mut self, result: Result<Vec<Tensor>, ApiError>) {
+        self.answer(result);
+    }
+
+    /// `complete`, then the slot goes back to the caller's own next batch, if
+    /// one is due: a busy instance goes on without waking anybody.
+    pub fn complete_and_take_next(mut self, result: Result<Vec<Tensor>, ApiError>) -> Option<Batch> {
+        self.answer(result);
+        let slot = self.slot.take();
+        drop(self);
+        slot.and_then(SlotGuard::take_next)
+    }
+
+    fn answer(&mut self, result: Result<Vec<Tensor>, ApiError>) {
         let requests = std::mem::take(&mut self.requests);
         let outputs = match result {
             Ok(outputs) => outputs,
@@ -171,40 +158,40 @@ impl Drop for Batch {
     }
 }
 
-/// The worker slots of a version: how many batches are out (running or
-/// handed off), and the batcher's wake-up when one comes back.
-pub(super) struct Slots {
-    pub(super) busy: AtomicUsize,
-    pub(super) freed: Notify,
-    /// Requests admitted per priority level and not yet in a batch.
-    pub(super) queued: Arc<Vec<AtomicUsize>>,
+/// Keeps a worker slot counted as busy until the batch is gone; then the
+/// next batch due goes to an idle instance.
+pub(super) struct SlotGuard {
+    shared: Option<Arc<Shared>>,
 }
 
-impl Slots {
-    pub(super) fn anything_queued(&self) -> bool {
-        self.queued.iter().any(|n| n.load(Ordering::SeqCst) > 0)
-    }
-
-    /// A slot comes back. The batcher is woken only when requests wait for
-    /// it: with an empty queue a new request wakes it by itself (its message),
-    /// and it reads `busy` afresh then. (SeqCst pairs this load of `queued`
-    /// after the store to `busy` with admission's store to `queued` before
-    /// the batcher's load of `busy`: one of the two always sees the other.)
-    pub(super) fn release(&self) {
-        self.busy.fetch_sub(1, Ordering::SeqCst);
-        if self.anything_queued() {
-            self.freed.notify_one();
+impl SlotGuard {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        SlotGuard {
+            shared: Some(shared),
         }
     }
-}
 
-/// Keeps a worker slot counted as busy until the batch is gone.
-pub(super) struct SlotGuard {
-    pub(super) slots: Arc<Slots>,
+    /// Gives the slot back and takes the next batch due for the caller.
+    fn take_next(mut self) -> Option<Batch> {
+        let shared = self.shared.take()?;
+        if !shared.full_batch_waiting() {
+            // The I/O threads were just woken with the answers; on a shared
+            // core they run only when this thread lets them. A turn first lets
+            // the requests they have read join the next batch (still holding
+            // the slot, so nothing goes early); without it a busy instance
+            // runs ever smaller batches.
+            std::thread::yield_now();
+        }
+        shared.release()
+    }
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.slots.release();
+        if let Some(shared) = self.shared.take()
+            && let Some(next) = shared.release()
+        {
+            shared.hand_off(next);
+        }
     }
 }

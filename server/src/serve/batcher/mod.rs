@@ -1,28 +1,27 @@
 //! The request queue and dynamic batcher of one model version.
 //!
-//! One task owns the queue state and forms batches; requests reach it through
-//! a bounded channel and each carries its own `oneshot` reply. Admission never
-//! waits: per-priority counters refuse a request at once when its level is
-//! full. Formed batches go to the worker threads through a channel of
-//! capacity 1 ("prefetch one batch"), so a busy model keeps requests in the
-//! queue (where they can still merge, expire or be cancelled) instead of
-//! piling up behind the workers.
+//! One queue per version, under one short lock, shared by everyone who moves
+//! work through it (`queue`). Admission never waits: a request whose
+//! priority level is full is refused at once. Nothing is handed ahead to a
+//! busy instance: requests stay in the queue (where they can still merge,
+//! expire or be cancelled) until an instance is free for them.
 //!
-//! A batch is sent when a worker slot is free and one of these holds:
+//! A batch goes to a free instance when one of these holds:
 //! * the rows waiting reach `max_batch_size` or a preferred batch size;
 //! * the oldest request has waited `max_queue_delay` (or, when adaptive, the
 //!   delay the adaptive rule picks, see `Adaptive`);
-//! * an instance is idle and `dispatch_when_idle` is on: at low load a request
-//!   never waits for company it will not get, and under load requests gather
-//!   while every instance is busy ("natural" batching);
+//! * `dispatch_when_idle` is on: at low load a request never waits for
+//!   company it will not get, and under load requests gather while every
+//!   instance is busy ("natural" batching);
+//! * there is no batching (one request per batch);
 //! * the model is shutting down (drain what is queued).
 //!
-//! The idle fast path: when nothing is queued and an instance is idle, and a
-//! lone request would go at once anyway (no batching, or `dispatch_when_idle`
-//! without an adaptive delay), the request side hands it to the workers'
-//! channel itself, as a batch of one. The waiting worker is the only thread
-//! woken; the batcher task never sees it. A returning slot wakes the batcher
-//! only when requests are queued (`Slots::release`).
+//! Who sends it, so that a batch costs at most one wake-up: the request that
+//! makes it due, when an instance waits idle (that instance is the only
+//! thread woken); the worker that finishes a batch, for itself, without a
+//! hand-off (a busy instance runs back to back, its I/O threads are not
+//! needed in between); the timer task, when a delay passes while an instance
+//! is idle.
 //!
 //! Requests merge only when every input has the same non-batch dimensions,
 //! except along dims the config pads. A request is never split.
@@ -31,8 +30,8 @@
 //! disconnect, cancelled gRPC call) are dropped from the queue unrun.
 //!
 //! The folder follows the seams: `batch` (a formed batch, its row blocks and
-//! how outputs split back), `queue` (the task that owns the queue and forms
-//! batches), `padding` (resizing along padded dims), `adaptive` (the delay
+//! how outputs split back), `queue` (the shared queue, how batches form, the
+//! timer task), `padding` (resizing along padded dims), `adaptive` (the delay
 //! rule). This file holds the request side: settings, admission, deadlines.
 
 mod adaptive;
@@ -41,7 +40,6 @@ mod padding;
 mod queue;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use switchyard_runtimes::{RequestContext, Signature, Tensor};
@@ -52,8 +50,7 @@ use crate::config::model::{BatchingConfig, ModelConfig, QueuePolicy, TimeoutActi
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::{ModelMetrics, Rejection};
 pub use batch::{Batch, ComputeTable};
-use batch::{SlotGuard, Slots};
-use queue::Batcher;
+use queue::Shared;
 
 pub type Reply = Result<Vec<Tensor>, ApiError>;
 
@@ -168,43 +165,18 @@ pub fn batch_sizes_in_use(config: &ModelConfig) -> Vec<usize> {
 /// The request side: cheap to clone, shared by every request of the version.
 #[derive(Clone)]
 pub struct BatcherHandle {
-    settings: Arc<BatcherSettings>,
-    sender: mpsc::Sender<Pending>,
-    queued: Arc<Vec<AtomicUsize>>,
+    shared: Arc<Shared>,
+    /// The last handle gone closes the queue (drain, then stop).
+    _open: Arc<Open>,
     metrics: ModelMetrics,
-    /// Hands a request straight to an idle instance when nothing is queued
-    /// (`None` where a lone request would wait: no `dispatch_when_idle`, or an
-    /// adaptive delay, which must see every arrival).
-    direct: Option<Direct>,
 }
 
-/// The idle fast path: the workers' channel and slots, shared with the batcher task.
-#[derive(Clone)]
-struct Direct {
-    dispatch: mpsc::Sender<Batch>,
-    slots: Arc<Slots>,
-    compute: ComputeTable,
-}
+/// Held by every handle; dropped with the last one.
+struct Open(Arc<Shared>);
 
-impl Direct {
-    /// Claims an idle instance and a place in the workers' channel, if the
-    /// queue is empty (so nobody waiting is overtaken).
-    fn claim(&self, instances: usize) -> Option<(mpsc::Permit<'_, Batch>, SlotGuard)> {
-        if self.slots.anything_queued() {
-            return None;
-        }
-        self.slots
-            .busy
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < instances).then_some(n + 1)
-            })
-            .ok()?;
-        let slot = SlotGuard {
-            slots: self.slots.clone(),
-        };
-        // Full: the batcher's prefetched batch is there first (the slot goes back).
-        let permit = self.dispatch.try_reserve().ok()?;
-        Some((permit, slot))
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -222,7 +194,7 @@ pub struct Submission {
 impl BatcherHandle {
     /// Queues a request and waits for its answer (or its deadline).
     pub async fn submit(&self, submission: Submission) -> Reply {
-        let settings = &self.settings;
+        let settings = &self.shared.settings;
         let queue = &settings.queue;
         let priority = submission.priority.unwrap_or(queue.default_priority);
         if !(1..=queue.priority_levels).contains(&priority) {
@@ -250,52 +222,21 @@ impl BatcherHandle {
 
         let _in_flight = self.metrics.in_flight();
         let (reply, answer) = oneshot::channel();
-        let direct = self
-            .direct
-            .as_ref()
-            .and_then(|d| Some((d, d.claim(settings.instances)?)))
-            .and_then(|(d, claimed)| {
-                // In the order batches carry inputs (all present: validated).
-                let ordered = settings
-                    .input_names
-                    .iter()
-                    .map(|name| submission.inputs.iter().find(|t| t.name() == name).cloned())
-                    .collect::<Option<Vec<Tensor>>>()?;
-                Some((d, claimed, ordered))
-            });
-        match direct {
-            Some((direct, (permit, slot), inputs)) => {
-                // One wake-up: the waiting worker takes it; the batcher task never sees it.
-                // Its wait in the queue is nil, but traces show it like every other.
-                drop(tracing::info_span!("queue", priority));
-                self.metrics.observe_queue_time(Duration::ZERO);
-                self.metrics.observe_batch(rows);
-                permit.send(Batch::single(
-                    inputs,
-                    rows,
-                    reply,
-                    direct.compute.clone(),
-                    key.context,
-                    deadline,
-                    slot,
-                ));
-            }
-            None => self.enqueue(
-                Pending {
-                    inputs: submission.inputs,
-                    rows,
-                    key,
-                    level,
-                    enqueued: now,
-                    deadline,
-                    bounded_by_server,
-                    reply,
-                    span: tracing::Span::current(),
-                    _queued: tracing::info_span!("queue", priority),
-                },
-                priority,
-            )?,
-        }
+        self.shared.admit(
+            Pending {
+                inputs: submission.inputs,
+                rows,
+                key,
+                level,
+                enqueued: now,
+                deadline,
+                bounded_by_server,
+                reply,
+                span: tracing::Span::current(),
+                _queued: tracing::info_span!("queue", priority),
+            },
+            priority,
+        )?;
         let answer = async {
             answer.await.unwrap_or_else(|_| {
                 Err(ApiError::internal(format!(
@@ -315,46 +256,10 @@ impl BatcherHandle {
         reply
     }
 
-    /// Admits a request to its priority level's queue (or refuses it at once)
-    /// and hands it to the batcher task.
-    fn enqueue(&self, pending: Pending, priority: u32) -> Result<(), ApiError> {
-        let settings = &self.settings;
-        let queue = &settings.queue;
-        // Admission: claim a place in the level or refuse at once.
-        let counter = &self.queued[pending.level];
-        if counter
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < queue.capacity).then_some(n + 1)
-            })
-            .is_err()
-        {
-            self.metrics.rejected(Rejection::QueueFull);
-            self.metrics
-                .stats
-                .answered(pending.rows, false, pending.enqueued.elapsed());
-            return Err(ApiError::new(
-                ErrorKind::Overloaded,
-                format!(
-                    "model `{}` version {} is overloaded: its priority-{priority} queue of {} requests is full; retry later",
-                    settings.model, settings.version, queue.capacity
-                ),
-            ));
-        }
-        if self.sender.try_send(pending).is_err() {
-            counter.fetch_sub(1, Ordering::SeqCst);
-            return Err(ApiError::unavailable(format!(
-                "model `{}` version {} is shutting down",
-                settings.model, settings.version
-            )));
-        }
-        self.metrics.queue_depth_add(1);
-        Ok(())
-    }
-
     /// Counts a request whose deadline passed and says why.
     fn expired(&self, bounded_by_server: bool) -> ApiError {
         self.metrics.rejected(expiry_reason(bounded_by_server));
-        expiry_error(&self.settings, bounded_by_server)
+        expiry_error(&self.shared.settings, bounded_by_server)
     }
 
     /// The version's statistics (the statistics extension).
@@ -364,7 +269,7 @@ impl BatcherHandle {
 
     /// Requests waiting in the queue (all levels).
     pub fn queue_depth(&self) -> usize {
-        self.queued.iter().map(|c| c.load(Ordering::Acquire)).sum()
+        self.shared.queue_depth()
     }
 }
 
@@ -415,45 +320,20 @@ fn merge_dims(inputs: &[Tensor], settings: &BatcherSettings) -> Vec<Vec<i64>> {
         .collect()
 }
 
-/// Creates the batcher task; returns its handle and the receiving end workers take batches from.
+/// Creates the queue and its timer task; returns the handle and the
+/// receiving end idle workers take batches from.
 pub fn spawn(
     settings: BatcherSettings,
     metrics: ModelMetrics,
 ) -> (BatcherHandle, mpsc::Receiver<Batch>) {
-    let settings = Arc::new(settings);
-    let levels = settings.queue.priority_levels as usize;
-    let total = settings.queue.capacity.saturating_mul(levels).max(1);
-    let (sender, receiver) = mpsc::channel(total);
-    let (dispatch, batches) = mpsc::channel(1);
-    let queued: Arc<Vec<AtomicUsize>> =
-        Arc::new((0..levels).map(|_| AtomicUsize::new(0)).collect());
-    let slots = Arc::new(Slots {
-        busy: AtomicUsize::new(0),
-        freed: tokio::sync::Notify::new(),
-        queued: queued.clone(),
-    });
-    let compute = ComputeTable::default();
-    // Only where an idle instance would take a lone request at once anyway:
-    // a delay that waits for company, or picks itself from every arrival, needs the queue.
-    let takes_lone_requests = settings
-        .batching
-        .as_ref()
-        .is_none_or(|b| b.dispatch_when_idle && b.adaptive_latency_budget.is_none());
-    let direct = takes_lone_requests.then(|| Direct {
-        dispatch: dispatch.clone(),
-        slots: slots.clone(),
-        compute: compute.clone(),
-    });
-    let state = Batcher::new(settings.clone(), slots, compute, metrics.clone());
+    let (shared, batches) = Shared::new(Arc::new(settings), ComputeTable::default(), metrics.clone());
     // Not tracked: the task ends by itself once every handle is dropped and the queue is drained.
-    tokio::spawn(state.run(receiver, dispatch));
+    tokio::spawn(shared.clone().run_timer());
     (
         BatcherHandle {
-            settings,
-            sender,
-            queued,
+            _open: Arc::new(Open(shared.clone())),
+            shared,
             metrics,
-            direct,
         },
         batches,
     )

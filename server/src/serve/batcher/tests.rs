@@ -174,7 +174,7 @@ async fn an_idle_instance_takes_work_without_waiting() {
     let _b = submit(&handle, rows(1, 1, 2.0), None, None);
     let _c = submit(&handle, rows(1, 1, 3.0), None, None);
     settle().await;
-    // The prefetch slot takes a batch only after the delay (1 s) while busy.
+    // Nothing is handed ahead to a busy instance.
     assert!(batches.try_recv().is_err());
     echo(busy);
     let gathered = batches.recv().await.unwrap();
@@ -518,19 +518,23 @@ async fn a_lone_request_skips_the_queue_only_when_nothing_waits() {
     let _a = submit(&handle, rows(1, 1, 0.0), None, None);
     let a = batches.recv().await.unwrap();
     assert_eq!(handle.queue_depth(), 0);
-    // Busy: the next one is prefetched by the batcher, the one after waits...
+    // Busy: nothing is handed ahead; both wait in the queue...
     let _b = submit(&handle, rows(1, 1, 1.0), None, None);
     settle().await;
     let _c = submit(&handle, rows(1, 1, 2.0), None, None);
     settle().await;
-    assert_eq!(handle.queue_depth(), 1, "c waits in the queue");
-    // ...and nothing overtakes it once the instance frees.
-    echo(a);
+    assert_eq!(handle.queue_depth(), 2, "b and c wait in the queue");
+    assert!(batches.try_recv().is_err());
+    // ...and the instance that finishes takes them itself, in order.
+    let mut next = a.complete_and_take_next(Ok(vec![]));
     for tag in [1.0, 2.0] {
-        let batch = batches.recv().await.unwrap();
+        let batch = next.take().expect("the next batch, without a hand-off");
         assert_eq!(tags(&batch), vec![tag]);
-        echo(batch);
+        let output = batch.joined_inputs().unwrap()[0].clone().with_name("y");
+        next = batch.complete_and_take_next(Ok(vec![output]));
     }
+    assert!(next.is_none(), "nothing left to take");
+    assert!(batches.try_recv().is_err(), "nothing was handed off either");
     settle().await;
     let d = submit(&handle, rows(1, 1, 3.0), None, None);
     let batch = batches.recv().await.unwrap();
@@ -538,4 +542,27 @@ async fn a_lone_request_skips_the_queue_only_when_nothing_waits() {
     echo(batch);
     assert!(d.await.unwrap().is_ok());
     assert_eq!(handle.queue_depth(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_finishing_instance_takes_the_batch_that_came_due_while_it_ran() {
+    // A delay that passes while the only instance is busy: the batch forms
+    // when it finishes, with everything that arrived meanwhile.
+    let (handle, mut batches) = start(settings(Some(batching(5, vec![], false)), queue(64, 1), 8));
+    let _first = submit(&handle, rows(1, 1, 0.0), None, None);
+    let first = batches.recv().await.unwrap();
+    let replies: Vec<_> = (1..4)
+        .map(|i| submit(&handle, rows(1, 1, i as f32), None, None))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(batches.try_recv().is_err(), "no instance was free for it");
+    let output = first.joined_inputs().unwrap()[0].clone().with_name("y");
+    let next = first
+        .complete_and_take_next(Ok(vec![output]))
+        .expect("due: taken by the instance that finished");
+    assert_eq!(tags(&next), vec![1.0, 2.0, 3.0]);
+    echo(next);
+    for reply in replies {
+        assert!(reply.await.unwrap().is_ok());
+    }
 }

@@ -1,7 +1,7 @@
-//! A worker thread: it owns one runtime instance, takes formed batches from
-//! its version's channel, runs them (a panic fails that batch only), and
-//! answers each request; the breaker marks the version unhealthy after
-//! repeated failures.
+//! A worker thread: it owns one runtime instance, runs batches (a panic
+//! fails that batch only) and answers each request, then takes the next
+//! batch due from its version's queue itself, or waits idle for one handed
+//! off; the breaker marks the version unhealthy after repeated failures.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -71,13 +71,19 @@ pub(super) fn worker(
     metrics: ModelMetrics,
     breaker: Arc<Breaker>,
 ) {
+    let mut next: Option<Batch> = None;
     loop {
-        // One worker waits on the channel at a time; the others wait for the lock.
-        let next = match batches.lock() {
-            Ok(mut receiver) => receiver.blocking_recv(),
-            Err(_) => None,
+        let batch = match next.take() {
+            Some(batch) => batch,
+            // Idle: one worker waits on the channel at a time; the others wait for the lock.
+            None => match batches.lock() {
+                Ok(mut receiver) => match receiver.blocking_recv() {
+                    Some(batch) => batch,
+                    None => break,
+                },
+                Err(_) => break,
+            },
         };
-        let Some(batch) = next else { break };
         // One runtime call serves every request in the batch: child of the
         // first request's span, linked to the others.
         let span = tracing::info_span!(parent: batch.spans.first().and_then(|s| s.id()), "runtime", worker = %label, rows = batch.rows(), requests = batch.len());
@@ -116,7 +122,7 @@ pub(super) fn worker(
         };
         // Only faults of the model count, not bad input or an unreachable upstream.
         breaker.record(!matches!(result, Err(RuntimeError::Execution(_))));
-        batch.complete(result.map_err(ApiError::from));
+        next = batch.complete_and_take_next(result.map_err(ApiError::from));
     }
     // The version is retired: free its session now and hand the memory back.
     drop(runtime);
