@@ -78,7 +78,10 @@ impl Batch {
 
     /// `complete`, then the slot goes back to the caller's own next batch, if
     /// one is due: a busy instance goes on without waking anybody.
-    pub fn complete_and_take_next(mut self, result: Result<Vec<Tensor>, ApiError>) -> Option<Batch> {
+    pub fn complete_and_take_next(
+        mut self,
+        result: Result<Vec<Tensor>, ApiError>,
+    ) -> Option<Batch> {
         self.answer(result);
         let slot = self.slot.take();
         drop(self);

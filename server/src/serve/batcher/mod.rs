@@ -326,7 +326,8 @@ pub fn spawn(
     settings: BatcherSettings,
     metrics: ModelMetrics,
 ) -> (BatcherHandle, mpsc::Receiver<Batch>) {
-    let (shared, batches) = Shared::new(Arc::new(settings), ComputeTable::default(), metrics.clone());
+    let (shared, batches) =
+        Shared::new(Arc::new(settings), ComputeTable::default(), metrics.clone());
     // Not tracked: the task ends by itself once every handle is dropped and the queue is drained.
     tokio::spawn(shared.clone().run_timer());
     (

@@ -91,7 +91,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // Nothing under the lock panics halfway through an update; a poisoned
         // lock still holds a consistent queue.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Admits a request to its priority level (or refuses it at once). When an
