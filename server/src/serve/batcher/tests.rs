@@ -566,3 +566,89 @@ async fn a_finishing_instance_takes_the_batch_that_came_due_while_it_ran() {
         assert!(reply.await.unwrap().is_ok());
     }
 }
+
+/// The queue under real threads: whatever the batching settings, instance
+/// count and mix of requests (zero rows, two shapes, two priorities), every
+/// request is answered once with its own rows, no batch exceeds the maximum,
+/// no more batches run at once than there are instances, nothing is left
+/// queued, and once the handle is gone the workers stop.
+#[test]
+fn every_request_is_answered_with_its_own_rows_under_real_threads() {
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let config = ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(
+        instances in 1usize..=3,
+        mode in 0u8..4,
+        requests in proptest::collection::vec((0usize..=4, 1u32..=2, 1usize..=2), 1..60),
+        run_us in 0u64..200,
+    )| {
+        let batching = match mode {
+            0 => None,
+            1 => Some(batching(1, vec![], true)),
+            2 => Some(batching(1, vec![4], false)),
+            _ => Some(batching(0, vec![2, 8], true)),
+        };
+        let mut settings = settings(batching, queue(1024, 2), 8);
+        settings.instances = instances;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (handle, batches) = start(settings);
+            let batches = Arc::new(std::sync::Mutex::new(batches));
+            let running = Arc::new(AtomicUsize::new(0));
+            let workers: Vec<_> = (0..instances)
+                .map(|_| {
+                    let (batches, running) = (batches.clone(), running.clone());
+                    std::thread::spawn(move || {
+                        let mut next: Option<Batch> = None;
+                        loop {
+                            let batch = match next.take() {
+                                Some(batch) => batch,
+                                None => match batches.lock().unwrap().blocking_recv() {
+                                    Some(batch) => batch,
+                                    None => break,
+                                },
+                            };
+                            let at_once = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            assert!(at_once <= instances, "{at_once} batches at once on {instances} instances");
+                            assert!(batch.rows() <= 8, "a batch of {} rows", batch.rows());
+                            std::thread::sleep(Duration::from_micros(run_us));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            let output = batch.joined_inputs().unwrap()[0].clone().with_name("y");
+                            next = batch.complete_and_take_next(Ok(vec![output]));
+                        }
+                    })
+                })
+                .collect();
+            let replies: Vec<_> = requests
+                .iter()
+                .enumerate()
+                .map(|(i, &(n, priority, width))| {
+                    (i, n, width, submit(&handle, rows(n, width, i as f32), Some(priority), None))
+                })
+                .collect();
+            for (i, n, width, reply) in replies {
+                let outputs = reply.await.unwrap().expect("every request is answered");
+                assert_eq!(outputs[0].shape(), &[n as i64, width as i64]);
+                assert!(outputs[0].as_slice::<f32>().iter().all(|&v| v == i as f32), "request {i} got another's rows");
+            }
+            assert_eq!(handle.queue_depth(), 0);
+            drop(handle);
+            let stopped = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::task::spawn_blocking(move || workers.into_iter().map(|w| w.join().is_ok()).collect::<Vec<_>>()),
+            )
+            .await
+            .expect("the workers stop once the handle is gone")
+            .unwrap();
+            assert!(stopped.iter().all(|&ok| ok), "a worker's check failed");
+        });
+    });
+}
