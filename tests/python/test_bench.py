@@ -74,13 +74,16 @@ def test_the_overhead_table_subtracts_what_it_says_and_marks_each_target():
     import overhead
 
     def round_(cpu_unbatched: float, cpu_batched: float) -> dict:
-        out = {"raw_b1_us": 70.0, "raw_b1_rps": 14000.0, "raw_b1_p50_ms": 0.070, "raw_row_us": 25.0}
+        out = {"raw_b1_us": 70.0, "raw_b1_rps": 14000.0, "raw_b1_p50_ms": 0.070, "raw_row_us": 25.0,
+               "tiny_raw_p50_ms": 0.005}
         for protocol, floor in (("http-json", "http-live"), ("grpc", "grpc-live")):
             out[("unbatched", protocol, 64)] = {"rps": 10500.0, "cpu_us": cpu_unbatched, "switches": 2.0}
             out[("unbatched", protocol, 1)] = {"p50_ms": 0.150, "cpu_us": 0.0, "switches": 1.0}
             out[("batched", protocol, 64)] = {"rps": 20000.0, "cpu_us": cpu_batched, "switches": 0.1}
             for concurrency in (1, 64):
                 out[("floor", floor, concurrency)] = {"p50_ms": 0.060, "cpu_us": 10.0}
+            out[("tiny", protocol, 1)] = {"p50_ms": 0.100}
+            out[("tiny-floor", floor, 1)] = {"p50_ms": 0.065}
         return out
 
     # Medians of rounds: 100 and 120 → 110 µs, so 40 µs over raw; batched 35 → 10 over the row.
@@ -92,5 +95,7 @@ def test_the_overhead_table_subtracts_what_it_says_and_marks_each_target():
     assert lines["batched http-json c=64: CPU − raw µs/row"].endswith("| 10 ✓ |")
     # 150 − 60 − 70 = 20 µs of gateway latency at c=1.
     assert lines["c=1 grpc: gateway = p50 − floor − raw b1"].endswith("| 20 ✓ |")
+    # 100 − 65 − 5 = 30 µs with the tiny model.
+    assert lines["c=1 http-json, 5 µs model (`normalize`): gateway = p50 − floor − raw b1"].endswith("| 30 ✗ |")
     failing = overhead.table({"now": [round_(200, 80)]})
     assert "| 130 ✗ |" in failing and "| 55 ✗ |" in failing
